@@ -1,0 +1,1 @@
+"""Manifests, pairs files, image reading and data validation."""

@@ -1,0 +1,192 @@
+"""Dataset manifests: one parquet row per image with identity, split and size.
+
+Every later stage (landmarks, embeddings, labels, training, evaluation) starts from a
+manifest, so a user's own data set only needs a manifest to run the same DAG. Paths are
+stored relative to the dataset root (`root` column), which keeps manifests portable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from aikd.data.pairs import read_lfw_pairs
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MANIFEST_COLUMNS = [
+    "root",
+    "path",
+    "identity",
+    "dataset",
+    "split",
+    "width",
+    "height",
+    "in_eval_pairs",
+    "identity_in_eval",
+]
+
+
+@dataclass
+class ManifestResult:
+    """A manifest and the files that could not be listed in it (with the reason)."""
+
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+
+
+def split_identities(
+    identities: list[str], fractions: Mapping[str, float], seed: int
+) -> dict[str, str]:
+    """Assign whole identities to splits (seeded), so no person spans two splits."""
+    if not fractions:
+        raise ValueError("split fractions are empty")
+    total = float(sum(fractions.values()))
+    if total <= 0 or any(v < 0 for v in fractions.values()):
+        raise ValueError(f"split fractions must be non-negative and sum > 0: {dict(fractions)}")
+    ids = sorted(set(identities))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    names = list(fractions)
+    bounds = np.round(np.cumsum([fractions[n] / total for n in names]) * len(ids)).astype(int)
+    out: dict[str, str] = {}
+    start = 0
+    for name, stop in zip(names, bounds, strict=True):
+        for j in order[start:stop]:
+            out[ids[j]] = name
+        start = stop
+    return out
+
+
+def _scan_identity_folders(images_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """List `<identity>/<image>` files; anything else is returned as (path, reason)."""
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"{images_dir}: image folder not found")
+    found: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str]] = []
+    for entry in sorted(images_dir.iterdir()):
+        if not entry.is_dir():
+            rejected.append((entry.name, "not an identity folder"))
+            continue
+        for f in sorted(entry.iterdir()):
+            rel = f"{entry.name}/{f.name}"
+            if f.is_dir():
+                rejected.append((rel, "nested folder ignored"))
+            elif f.suffix.lower() not in IMAGE_SUFFIXES:
+                rejected.append((rel, f"not an image file (suffix {f.suffix or 'none'})"))
+            else:
+                found.append((entry.name, rel))
+    return found, rejected
+
+
+def _image_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the file header, or a reason string when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"unreadable image header: {exc}"
+
+
+def _build(
+    root: Path,
+    prefix: str,
+    dataset: str,
+    files: list[tuple[str, str]],
+    rejected: list[tuple[str, str]],
+    splits: Mapping[str, str],
+    eval_paths: set[str],
+) -> ManifestResult:
+    rows = []
+    bad = [(f"{prefix}{p}", why) for p, why in rejected]
+    eval_ids = {p.split("/")[-2] for p in eval_paths}
+    for identity, rel in files:
+        path = f"{prefix}{rel}"
+        size = _image_size(root / path)
+        if isinstance(size, str):
+            bad.append((path, size))
+            continue
+        in_eval = path in eval_paths
+        rows.append(
+            (
+                str(root),
+                path,
+                identity,
+                dataset,
+                "test" if in_eval else splits[identity],
+                size[0],
+                size[1],
+                in_eval,
+                identity in eval_ids,
+            )
+        )
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest["width"] = manifest["width"].astype("int32")
+    manifest["height"] = manifest["height"].astype("int32")
+    return ManifestResult(manifest, pd.DataFrame(bad, columns=["path", "reason"]))
+
+
+def folder_manifest(
+    root: str | Path,
+    dataset: str,
+    *,
+    fractions: Mapping[str, float],
+    seed: int,
+    images_subdir: str = "",
+    eval_paths: set[str] | None = None,
+) -> ManifestResult:
+    """Manifest of a `<root>/<images_subdir>/<identity>/<image>` folder, split by identity."""
+    root = Path(root)
+    images_dir = root / images_subdir if images_subdir else root
+    files, rejected = _scan_identity_folders(images_dir)
+    prefix = f"{images_subdir.strip('/')}/" if images_subdir else ""
+    eval_paths = eval_paths or set()
+    train_ids = sorted({i for i, rel in files if f"{prefix}{rel}" not in eval_paths})
+    splits = split_identities(train_ids, fractions, seed)
+    for i, _ in files:  # identities whose every image is evaluation-only
+        splits.setdefault(i, "test")
+    return _build(root, prefix, dataset, files, rejected, splits, eval_paths)
+
+
+def lfw_manifest(root: str | Path, *, fractions: Mapping[str, float], seed: int) -> ManifestResult:
+    """LFW: images in the View 2 pairs are `test` (evaluation-only); the rest split by identity."""
+    root = Path(root)
+    pairs = read_lfw_pairs(root / "pairs.txt")
+    eval_paths = set(pairs["path_a"]) | set(pairs["path_b"])
+    return folder_manifest(
+        root, "lfw", fractions=fractions, seed=seed, images_subdir="images", eval_paths=eval_paths
+    )
+
+
+def ytf_manifest(root: str | Path, *, fractions: Mapping[str, float], seed: int) -> ManifestResult:
+    """YouTube Faces frames `<Name>_<video><frame>.jpg`, split by identity; adds `video`."""
+    res = folder_manifest(root, "ytf", fractions=fractions, seed=seed, images_subdir="images")
+    stem = res.manifest["path"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
+    res.manifest["video"] = stem.str.rsplit("_", n=1).str[-1].str[0].astype("int16")
+    return res
+
+
+def build_manifest(
+    kind: str,
+    root: str | Path,
+    *,
+    fractions: Mapping[str, float],
+    seed: int,
+    dataset: str | None = None,
+) -> ManifestResult:
+    """Dispatch on the dataset kind: `lfw`, `ytf` or `folder` (a user's identity folders)."""
+    if kind == "lfw":
+        return lfw_manifest(root, fractions=fractions, seed=seed)
+    if kind == "ytf":
+        return ytf_manifest(root, fractions=fractions, seed=seed)
+    if kind == "folder":
+        return folder_manifest(root, dataset or Path(root).name, fractions=fractions, seed=seed)
+    raise ValueError(f"unknown dataset kind {kind!r}; expected lfw, ytf or folder")
+
+
+def image_file(row: Mapping[str, object]) -> Path:
+    """The file of a manifest row."""
+    return Path(str(row["root"])) / str(row["path"])

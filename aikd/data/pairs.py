@@ -1,0 +1,69 @@
+"""Verification pairs files: LFW's official View 2 protocol and a generic CSV layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+PAIRS_COLUMNS = ["path_a", "path_b", "mated", "fold"]
+
+
+def lfw_image_path(name: str, number: int) -> str:
+    """Path of LFW image `number` (1-based) of `name`, relative to the LFW root."""
+    return f"images/{name}/{name}_{number:04d}.jpg"
+
+
+def read_lfw_pairs(path: str | Path) -> pd.DataFrame:
+    """Parse LFW `pairs.txt` (View 2): a header `folds n`, then per fold n mated, n non-mated.
+
+    Returns columns path_a, path_b (relative to the LFW root), mated (bool), fold (int).
+    """
+    p = Path(path)
+    lines = [ln.split() for ln in p.read_text().splitlines() if ln.strip()]
+    if not lines or len(lines[0]) != 2:
+        raise ValueError(f"{p}: first line must be '<folds> <pairs per fold>'")
+    folds, per_fold = int(lines[0][0]), int(lines[0][1])
+    body = lines[1:]
+    if len(body) != folds * 2 * per_fold:
+        raise ValueError(
+            f"{p}: expected {folds * 2 * per_fold} pair lines for {folds} folds x 2 x "
+            f"{per_fold}, found {len(body)}"
+        )
+    rows = []
+    for i, tok in enumerate(body):
+        fold = i // (2 * per_fold)
+        if len(tok) == 3:
+            rows.append(
+                (
+                    lfw_image_path(tok[0], int(tok[1])),
+                    lfw_image_path(tok[0], int(tok[2])),
+                    True,
+                    fold,
+                )
+            )
+        elif len(tok) == 4:
+            rows.append(
+                (
+                    lfw_image_path(tok[0], int(tok[1])),
+                    lfw_image_path(tok[2], int(tok[3])),
+                    False,
+                    fold,
+                )
+            )
+        else:
+            raise ValueError(f"{p}: line {i + 2} has {len(tok)} fields, expected 3 or 4")
+    return pd.DataFrame(rows, columns=PAIRS_COLUMNS)
+
+
+def read_pairs_csv(path: str | Path) -> pd.DataFrame:
+    """A user's pairs file `path_a,path_b,mated[,fold]` (paths relative to the dataset root)."""
+    p = Path(path)
+    df = pd.read_csv(p)
+    missing = {"path_a", "path_b", "mated"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{p}: missing columns {sorted(missing)}")
+    if "fold" not in df.columns:
+        df["fold"] = 0
+    df["mated"] = df["mated"].astype(bool)
+    return df[PAIRS_COLUMNS]

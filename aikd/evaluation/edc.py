@@ -1,0 +1,413 @@
+"""Error-versus-Discard Characteristic (EDC) curves and their normalised partial AUC.
+
+A quality score is useful for face recognition if rejecting the lowest-quality comparisons
+removes the recognition errors. The EDC measures exactly that: the false non-match rate
+(FNMR) at a fixed false match rate (FMR) as a growing share of low-quality pairs is
+discarded. Its partial area, normalised by the area a useless quality would give, is one
+number per quality method (1.0 = no help, lower = better).
+
+Conventions (other code relies on them, see ``edc_curve``):
+
+* pair quality = min(quality_a, quality_b); pairs are ordered by it with a stable sort,
+  so ties keep input order and results are reproducible;
+* at discard rate r the first k = floor(r*N + 1e-9) pairs of that order are dropped;
+  the epsilon absorbs binary rounding (0.29 * 100 = 28.999...);
+* the threshold at FMR f over n non-mated similarities is S_desc[m], m = floor(f*n + 1e-9)
+  (-inf if m >= n), and a comparison matches iff similarity > threshold, so FMR <= f.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_DISCARD_RATES",
+    "UndefinedPAUCWarning",
+    "edc_curve",
+    "pauc",
+    "pauc_bootstrap",
+    "random_quality_pauc",
+]
+
+ThresholdMode = Literal["recomputed", "fixed"]
+_MODES: tuple[str, ...] = ("recomputed", "fixed")
+_EPS = 1e-9
+
+#: Default EDC grid: 0, 0.01, ..., 0.30 (computed as i/100 so every point is the nearest float).
+DEFAULT_DISCARD_RATES: np.ndarray = np.arange(31) / 100.0
+
+
+class UndefinedPAUCWarning(UserWarning, RuntimeWarning):
+    """pAUC could not be computed (FNMR(0) = 0 or no mated pair left); the value is NaN.
+
+    Subclasses both UserWarning (what a bare ``warnings.warn`` emits) and RuntimeWarning,
+    so callers filtering on either category see it.
+    """
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate_pairs(
+    similarity: Any, mated: Any, quality_a: Any, quality_b: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check the four per-pair arrays and return (similarity, mated, pair quality).
+
+    Every problem is a ValueError naming it, because silently broadcasting or propagating
+    NaN through a sort would produce a plausible-looking but meaningless curve.
+    """
+    arrays = {
+        "similarity": np.asarray(similarity),
+        "mated": np.asarray(mated),
+        "quality_a": np.asarray(quality_a),
+        "quality_b": np.asarray(quality_b),
+    }
+    for name, arr in arrays.items():
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    lengths = {name: arr.shape[0] for name, arr in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"length mismatch between inputs: {lengths}")
+    if lengths["similarity"] == 0:
+        raise ValueError("no pairs given (inputs are empty)")
+
+    sim = _as_float(arrays["similarity"], "similarity")
+    qa = _as_float(arrays["quality_a"], "quality_a")
+    qb = _as_float(arrays["quality_b"], "quality_b")
+    if np.isnan(sim).any():
+        raise ValueError("similarity contains NaN")
+    if np.isnan(qa).any() or np.isnan(qb).any():
+        raise ValueError("quality contains NaN (quality_a or quality_b)")
+
+    m = arrays["mated"]
+    if m.dtype != np.bool_:
+        if m.dtype.kind not in "iuf" or not np.isin(m, (0, 1)).all():
+            raise ValueError("mated must be boolean (or 0/1 values)")
+        m = m.astype(bool)
+    n_mated = int(np.count_nonzero(m))
+    if n_mated == 0:
+        raise ValueError("no mated pair in the input")
+    if n_mated == m.shape[0]:
+        raise ValueError("no non-mated pair in the input")
+    return sim, m, np.minimum(qa, qb)
+
+
+def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
+    """Cast to float64 so NaN checks and comparisons behave the same for every input dtype."""
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _validate_fmr(fmr: float) -> float:
+    """FMR is a rate; outside [0, 1] the threshold rule has no meaning."""
+    f = float(fmr)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"fmr must be in [0, 1], got {fmr}")
+    return f
+
+
+def _validate_mode(threshold: str) -> str:
+    if threshold not in _MODES:
+        raise ValueError(f"unknown threshold mode {threshold!r}; expected one of {_MODES}")
+    return threshold
+
+
+def _validate_rates(discard_rates: Any) -> np.ndarray:
+    """Discard rates must lie in [0, 1): discarding everything leaves nothing to measure."""
+    rates = np.asarray(DEFAULT_DISCARD_RATES if discard_rates is None else discard_rates)
+    rates = np.atleast_1d(rates)
+    if rates.ndim != 1 or rates.size == 0:
+        raise ValueError("discard_rates must be a non-empty 1-D array")
+    rates = _as_float(rates, "discard_rates")
+    if np.isnan(rates).any() or (rates < 0.0).any() or (rates >= 1.0).any():
+        raise ValueError(f"discard rate outside [0, 1): {rates[(rates < 0) | ~(rates < 1)]}")
+    return rates
+
+
+# --------------------------------------------------------------------------- core
+
+
+def _threshold(nonmated_sorted_desc: np.ndarray, fmr: float) -> float:
+    """Threshold at FMR ``fmr`` for non-mated similarities already sorted descending."""
+    n = nonmated_sorted_desc.shape[0]
+    m = math.floor(fmr * n + _EPS)
+    return float(nonmated_sorted_desc[m]) if m < n else -math.inf
+
+
+def _edc_arrays(
+    sim: np.ndarray,
+    mated: np.ndarray,
+    pair_quality: np.ndarray,
+    rates: np.ndarray,
+    fmr: float,
+    mode: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised EDC on validated inputs: (fnmr, threshold, n_mated, n_nonmated) per rate.
+
+    After one stable sort by quality, the pairs left at rate r are a suffix of that order, so
+    the remaining mated and non-mated similarities are suffixes of two fixed arrays. Only
+    the recomputed threshold needs per-rate work: the (m+1)-th largest non-mated similarity
+    among those with quality position >= j is found by walking the single descending sort
+    of all non-mated similarities and skipping the (at most j) discarded ones. FNMR counts
+    use one ascending sort of the mated similarities plus a count over the shorter side of
+    the discard boundary. Nothing is re-sorted per rate.
+    """
+    n_pairs = sim.shape[0]
+    order = np.argsort(pair_quality, kind="stable")
+    mated_q = mated[order]
+    sim_q = sim[order]
+    nm_q = sim_q[~mated_q]  # non-mated similarities, lowest quality first
+    mt_q = sim_q[mated_q]  # mated similarities, lowest quality first
+    n_nm_total = nm_q.shape[0]
+    n_mt_total = mt_q.shape[0]
+
+    ks = np.minimum(np.floor(rates * n_pairs + _EPS).astype(np.int64), n_pairs)
+    nm_before = np.concatenate(([0], np.cumsum(~mated_q, dtype=np.int64)))
+    j_nm = nm_before[ks]  # non-mated pairs discarded at each rate
+    j_mt = ks - j_nm  # mated pairs discarded at each rate
+    n_nm = n_nm_total - j_nm
+    n_mt = n_mt_total - j_mt
+
+    # Descending sort of the non-mated similarities, with their quality positions.
+    desc_pos = np.argsort(nm_q, kind="stable")[::-1]
+    desc_val = nm_q[desc_pos]
+
+    if mode == "fixed":
+        tau0 = _threshold(desc_val, fmr)
+        taus = np.full(rates.shape[0], tau0)
+        fail_before = np.concatenate(([0], np.cumsum(mt_q <= tau0, dtype=np.int64)))
+        fails = fail_before[-1] - fail_before[j_mt]
+    else:
+        taus = np.empty(rates.shape[0])
+        fails = np.empty(rates.shape[0], dtype=np.int64)
+        mt_sorted = np.sort(mt_q)
+        ms = np.floor(fmr * n_nm + _EPS).astype(np.int64)
+        for i, (j, m, jm) in enumerate(zip(j_nm, ms, j_mt, strict=True)):
+            if m >= n_nm[i]:
+                tau = -math.inf
+            elif j == 0:
+                tau = float(desc_val[m])
+            else:
+                # The answer lies among the first m+1+j of the full descending order,
+                # because at most j of those can have been discarded.
+                window = desc_pos[: m + 1 + j]
+                kept = np.flatnonzero(window >= j)
+                tau = float(desc_val[kept[m]])
+            taus[i] = tau
+            if jm <= n_mt[i]:
+                total_le = int(np.searchsorted(mt_sorted, tau, side="right"))
+                fails[i] = total_le - int(np.count_nonzero(mt_q[:jm] <= tau))
+            else:
+                fails[i] = int(np.count_nonzero(mt_q[jm:] <= tau))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fnmr = np.where(n_mt > 0, fails / np.maximum(n_mt, 1), np.nan)
+    return fnmr, taus, n_mt, n_nm
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def edc_curve(
+    similarity: Any,
+    mated: Any,
+    quality_a: Any,
+    quality_b: Any,
+    *,
+    fmr: float = 1e-3,
+    discard_rates: Any = None,
+    threshold: ThresholdMode = "recomputed",
+) -> pd.DataFrame:
+    """FNMR at FMR ``fmr`` after discarding the lowest-quality pairs, one row per rate.
+
+    ``threshold="recomputed"`` re-derives the threshold from the non-mated pairs left at
+    each rate (the operating point a deployed system would recalibrate to);
+    ``"fixed"`` keeps the threshold computed on all pairs (r = 0). Rates may be any values
+    in [0, 1) (default 0, 0.01, ..., 0.30). ``fnmr`` is NaN where no mated pair remains.
+
+    Returns a DataFrame with columns discard_rate, fnmr, threshold, n_mated, n_nonmated.
+    """
+    _validate_mode(threshold)
+    f = _validate_fmr(fmr)
+    rates = _validate_rates(discard_rates)
+    sim, m, q = _validate_pairs(similarity, mated, quality_a, quality_b)
+    fnmr, taus, n_mt, n_nm = _edc_arrays(sim, m, q, rates, f, threshold)
+    return pd.DataFrame(
+        {
+            "discard_rate": rates,
+            "fnmr": fnmr,
+            "threshold": taus,
+            "n_mated": n_mt,
+            "n_nonmated": n_nm,
+        }
+    )
+
+
+def _pauc_grid(max_discard: float, step: float) -> np.ndarray:
+    """The grid i*step, i = 0..round(max_discard/step), checked to stay inside [0, 1)."""
+    if not 0.0 < max_discard < 1.0:
+        raise ValueError(f"max_discard must be in (0, 1), got {max_discard}")
+    if not step > 0.0:
+        raise ValueError(f"step must be > 0, got {step}")
+    n_steps = round(max_discard / step)
+    if n_steps < 1:
+        raise ValueError(f"step {step} is larger than max_discard {max_discard}")
+    grid = np.arange(n_steps + 1) * float(step)
+    if grid[-1] >= 1.0:
+        raise ValueError(f"discard rate outside [0, 1): grid reaches {grid[-1]}")
+    return grid
+
+
+def _pauc_settings(kwargs: dict[str, Any]) -> tuple[float, float, float, str, np.ndarray]:
+    """Validate the keyword arguments shared with ``pauc``: (fmr, max_discard, step, mode, grid).
+
+    Unknown keys are an error so a typo (``max_discrad``) cannot silently use the default.
+    """
+    unknown = set(kwargs) - {"fmr", "max_discard", "step", "threshold"}
+    if unknown:
+        raise ValueError(f"unknown pauc arguments: {sorted(unknown)}")
+    fmr = _validate_fmr(kwargs.get("fmr", 1e-3))
+    max_discard = float(kwargs.get("max_discard", 0.3))
+    step = float(kwargs.get("step", 0.01))
+    mode = _validate_mode(kwargs.get("threshold", "recomputed"))
+    return fmr, max_discard, step, mode, _pauc_grid(max_discard, step)
+
+
+def _pauc_from_fnmr(fnmr: np.ndarray, step: float, max_discard: float) -> tuple[float, str]:
+    """Normalised trapezoidal area; NaN plus the reason when it is undefined."""
+    if np.isnan(fnmr).any():
+        return math.nan, "no mated pair remains at some discard rate"
+    if fnmr[0] == 0.0:
+        return math.nan, "FNMR at zero discard is 0, so the normalised pAUC is undefined"
+    area = float(np.trapezoid(fnmr, dx=step))
+    return area / (max_discard * float(fnmr[0])), ""
+
+
+def pauc(
+    similarity: Any,
+    mated: Any,
+    quality_a: Any,
+    quality_b: Any,
+    *,
+    fmr: float = 1e-3,
+    max_discard: float = 0.3,
+    step: float = 0.01,
+    threshold: ThresholdMode = "recomputed",
+) -> float:
+    """Normalised partial area under the EDC up to ``max_discard``.
+
+    Area of FNMR over the grid i*step (trapezoidal) divided by max_discard * FNMR(0), i.e.
+    by the area of a flat curve, so 1.0 means quality did not help and lower is better.
+    Returns NaN with a warning if FNMR(0) = 0 or no mated pair remains on the grid.
+    """
+    grid = _pauc_grid(max_discard, step)
+    curve = edc_curve(
+        similarity, mated, quality_a, quality_b, fmr=fmr, discard_rates=grid, threshold=threshold
+    )
+    value, reason = _pauc_from_fnmr(curve["fnmr"].to_numpy(), step, max_discard)
+    if reason:
+        warnings.warn(f"pAUC is NaN: {reason}", UndefinedPAUCWarning, stacklevel=2)
+    return value
+
+
+def pauc_bootstrap(
+    similarity: Any,
+    mated: Any,
+    quality_a: Any,
+    quality_b: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    **pauc_kwargs: Any,
+) -> dict[str, float]:
+    """pAUC with a percentile bootstrap interval over pairs resampled with replacement.
+
+    Differences between quality methods are often a few hundredths of pAUC, so a point
+    estimate alone invites over-reading. ``pauc`` is the estimate on the original pairs;
+    ``low``/``high``/``std`` come from the resamples. Resamples where pAUC is undefined
+    (no mated or non-mated pair drawn, FNMR(0) = 0) are dropped with one warning.
+    """
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    fmr, max_discard, step, mode, grid = _pauc_settings(pauc_kwargs)
+    sim, m, q = _validate_pairs(similarity, mated, quality_a, quality_b)
+
+    point, reason = _pauc_from_fnmr(_edc_arrays(sim, m, q, grid, fmr, mode)[0], step, max_discard)
+    if reason:
+        warnings.warn(f"pAUC is NaN: {reason}", UndefinedPAUCWarning, stacklevel=2)
+
+    rng = np.random.default_rng(seed)
+    n = sim.shape[0]
+    values = np.full(int(n_boot), np.nan)
+    for b in range(int(n_boot)):
+        idx = rng.integers(0, n, size=n)
+        m_b = m[idx]
+        n_mated_b = int(np.count_nonzero(m_b))
+        if n_mated_b == 0 or n_mated_b == n:
+            continue
+        fnmr = _edc_arrays(sim[idx], m_b, q[idx], grid, fmr, mode)[0]
+        values[b] = _pauc_from_fnmr(fnmr, step, max_discard)[0]
+
+    valid = values[~np.isnan(values)]
+    if valid.size < values.size:
+        warnings.warn(
+            f"{values.size - valid.size} of {values.size} bootstrap resamples had an undefined "
+            "pAUC and were dropped",
+            UndefinedPAUCWarning,
+            stacklevel=2,
+        )
+    if valid.size == 0:
+        return {"pauc": point, "low": math.nan, "high": math.nan, "std": math.nan}
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.quantile(valid, [alpha, 1.0 - alpha])
+    std = float(np.std(valid, ddof=1)) if valid.size > 1 else 0.0
+    return {"pauc": point, "low": float(low), "high": float(high), "std": std}
+
+
+def random_quality_pauc(
+    similarity: Any,
+    mated: Any,
+    *,
+    n_seeds: int = 20,
+    seed: int = 0,
+    **kw: Any,
+) -> tuple[float, float]:
+    """Mean and sample SD of pAUC when each image gets a uniformly random quality.
+
+    A random quality keeps the FNMR flat only in expectation; finite samples wander, so the
+    honest baseline for a method is this distribution, not the ideal 1.0. ``kw`` goes to
+    ``pauc`` (fmr, max_discard, step, threshold). The SD is 0.0 for a single seed.
+    """
+    if int(n_seeds) < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    fmr, max_discard, step, mode, grid = _pauc_settings(kw)
+    sim_arr = np.asarray(similarity)
+    placeholder = np.zeros(sim_arr.shape[0] if sim_arr.ndim == 1 else 0)
+    sim, m, _ = _validate_pairs(sim_arr, mated, placeholder, placeholder)
+
+    rng = np.random.default_rng(seed)
+    n = sim.shape[0]
+    values = np.empty(int(n_seeds))
+    reasons: set[str] = set()
+    for i in range(int(n_seeds)):
+        q = np.minimum(rng.random(n), rng.random(n))  # per-image draws, pair = worse image
+        fnmr = _edc_arrays(sim, m, q, grid, fmr, mode)[0]
+        values[i], reason = _pauc_from_fnmr(fnmr, step, max_discard)
+        if reason:
+            reasons.add(reason)
+    for reason in sorted(reasons):  # once per reason, not once per seed
+        warnings.warn(f"pAUC is NaN for some seeds: {reason}", UndefinedPAUCWarning, stacklevel=2)
+    valid = values[~np.isnan(values)]
+    if valid.size == 0:
+        return math.nan, math.nan
+    sd = float(np.std(valid, ddof=1)) if valid.size > 1 else 0.0
+    return float(valid.mean()), sd

@@ -1,0 +1,115 @@
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aikd.config import apply_overrides, load_params
+from aikd.data.manifest import build_manifest, split_identities
+from aikd.data.pairs import read_lfw_pairs
+from aikd.data.validation import DataValidationError, validate_manifest
+
+NAMES = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore", "Alan_Ball"]
+
+
+@pytest.fixture()
+def tiny_lfw(tmp_path: Path, lfw_root: Path) -> Path:
+    """An LFW-shaped folder: 5 people, a 1-fold pairs.txt, plus junk that must be reported."""
+    root = tmp_path / "lfw"
+    for name in NAMES:
+        src = sorted((lfw_root / "images" / name).glob("*.jpg"))[:3]
+        (root / "images" / name).mkdir(parents=True)
+        for f in src:
+            shutil.copy(f, root / "images" / name / f.name)
+    (root / "images" / ".DS_Store").write_bytes(b"junk")
+    (root / "images" / NAMES[0] / "notes.txt").write_text("not an image")
+    (root / "images" / NAMES[1] / f"{NAMES[1]}_0099.jpg").write_bytes(b"\xff\xd8garbage")
+    (root / "pairs.txt").write_text(
+        "1\t2\n"
+        f"{NAMES[0]}\t1\t2\n{NAMES[1]}\t1\t2\n"
+        f"{NAMES[0]}\t3\t{NAMES[2]}\t1\n{NAMES[1]}\t3\t{NAMES[2]}\t2\n"
+    )
+    return root
+
+
+def test_lfw_pairs_official_counts(lfw_root):
+    pairs = read_lfw_pairs(lfw_root / "pairs.txt")
+    assert len(pairs) == 6000
+    assert pairs["mated"].sum() == 3000
+    assert pairs["fold"].nunique() == 10
+    assert pairs.iloc[0]["path_a"].startswith("images/") and pairs.iloc[0]["path_a"].endswith(
+        "_0001.jpg"
+    )
+
+
+def test_pairs_file_with_wrong_count_is_rejected(tmp_path):
+    p = tmp_path / "pairs.txt"
+    p.write_text("1\t2\nA\t1\t2\n")
+    with pytest.raises(ValueError, match="expected 4 pair lines"):
+        read_lfw_pairs(p)
+
+
+def test_split_identities_is_seeded_and_exhaustive():
+    ids = [f"id{i}" for i in range(100)]
+    a = split_identities(ids, {"train": 0.6, "val": 0.1, "test": 0.3}, seed=3)
+    b = split_identities(list(reversed(ids)), {"train": 0.6, "val": 0.1, "test": 0.3}, seed=3)
+    assert a == b and set(a) == set(ids)
+    counts = pd.Series(a).value_counts()
+    assert counts["train"] == 60 and counts["val"] == 10 and counts["test"] == 30
+    assert split_identities(ids, {"train": 0.5, "test": 0.5}, seed=4) != split_identities(
+        ids, {"train": 0.5, "test": 0.5}, seed=5
+    )
+
+
+def test_lfw_manifest_flags_eval_images_and_reports_junk(tiny_lfw):
+    res = build_manifest("lfw", tiny_lfw, fractions={"train": 0.5, "val": 0.5}, seed=0)
+    m = res.manifest
+    n_images = len(list((tiny_lfw / "images").glob("*/*.jpg"))) - 1  # minus the garbage file
+    assert len(m) == n_images
+    eval_paths = {f"images/{NAMES[0]}/{NAMES[0]}_000{i}.jpg" for i in (1, 2, 3)}
+    assert eval_paths <= set(m.loc[m["in_eval_pairs"], "path"])
+    assert (m.loc[m["in_eval_pairs"], "split"] == "test").all()
+    assert not m.loc[~m["in_eval_pairs"], "split"].eq("test").any()
+    assert set(m["identity"]) == set(NAMES)
+    assert (m["width"] == 150).all() and (m["height"] == 150).all()
+    reasons = dict(zip(res.rejected["path"], res.rejected["reason"], strict=True))
+    assert "not an identity folder" in reasons["images/.DS_Store"]
+    assert "not an image" in reasons[f"images/{NAMES[0]}/notes.txt"]
+    assert "unreadable" in reasons[f"images/{NAMES[1]}/{NAMES[1]}_0099.jpg"]
+    assert validate_manifest(m, "tiny").success
+
+
+def test_folder_manifest_splits_by_identity(tiny_lfw):
+    res = build_manifest(
+        "folder", tiny_lfw / "images", fractions={"train": 0.6, "test": 0.4}, seed=1, dataset="mine"
+    )
+    m = res.manifest
+    assert (m["dataset"] == "mine").all()
+    assert m.groupby("identity")["split"].nunique().max() == 1  # no person in two splits
+
+
+def test_broken_manifest_is_rejected_with_readable_report(tiny_lfw):
+    m = build_manifest("lfw", tiny_lfw, fractions={"train": 1.0}, seed=0).manifest
+    bad = m.copy()
+    bad.loc[0, "path"] = bad.loc[1, "path"]  # duplicate
+    bad.loc[2, "split"] = "train"  # an evaluation image leaking into training
+    bad.loc[3, "path"] = "images/missing.jpg"
+    bad.loc[4, "width"] = 0
+    report = validate_manifest(bad, "broken")
+    assert not report.success
+    text = report.to_markdown()
+    for needle in ("expect_column_values_to_be_unique", "file_exists", "width", "split"):
+        assert needle in text
+    with pytest.raises(DataValidationError, match="FAILED"):
+        report.raise_for_failure()
+
+
+def test_params_overrides(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("a:\n  b: 1\n  c: [x]\nseed: 0\n")
+    params = load_params(p, ["a.b=2", "a.c=[y, z]", "new.key=0.5"])
+    assert params["a"] == {"b": 2, "c": ["y", "z"]} and params["new"]["key"] == 0.5
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides(params, ["seed.x=1"])
+    with pytest.raises(FileNotFoundError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")

@@ -113,3 +113,14 @@ def test_params_overrides(tmp_path):
         apply_overrides(params, ["seed.x=1"])
     with pytest.raises(FileNotFoundError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_user_pairs_csv_mated_is_parsed_strictly(tmp_path):
+    from aikd.data.pairs import read_pairs_csv
+
+    p = tmp_path / "pairs.csv"
+    p.write_text("path_a,path_b,mated\na.jpg,b.jpg,1\na.jpg,c.jpg,False\nb.jpg,c.jpg,true\n")
+    assert read_pairs_csv(p)["mated"].tolist() == [True, False, True]
+    p.write_text("path_a,path_b,mated\na.jpg,b.jpg,1\na.jpg,c.jpg,maybe\n")
+    with pytest.raises(ValueError, match=r"lines \[3\]"):
+        read_pairs_csv(p)

@@ -65,5 +65,20 @@ def read_pairs_csv(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{p}: missing columns {sorted(missing)}")
     if "fold" not in df.columns:
         df["fold"] = 0
-    df["mated"] = df["mated"].astype(bool)
+    df["mated"] = _parse_mated(df["mated"], p)
     return df[PAIRS_COLUMNS]
+
+
+_TRUE = {"1", "true", "yes", "mated", "genuine"}
+_FALSE = {"0", "false", "no", "non-mated", "nonmated", "impostor"}
+
+
+def _parse_mated(col: pd.Series, source: Path) -> pd.Series:
+    """Strictly parse a mated flag: a typo must not silently become True."""
+    text = col.astype(str).str.strip().str.lower()
+    bad = ~text.isin(_TRUE | _FALSE)
+    if bad.any():
+        lines = (bad[bad].index[:5] + 2).tolist()
+        values = col[bad].head(5).tolist()
+        raise ValueError(f"{source}: 'mated' must be 1/0 or true/false; lines {lines}: {values}")
+    return text.isin(_TRUE)

@@ -160,3 +160,28 @@ def validate_landmarks(
     df = table.copy()
     df["points_inside"] = points_inside(df, manifest)
     return validate(df, f"landmarks_{name}", landmark_expectations(max_failure_rate))
+
+
+def label_expectations(min_coverage: float) -> list[Any]:
+    """Labels are unique per image, finite where present, and cover most images."""
+    return [
+        gxe.ExpectColumnValuesToBeUnique(column="path"),
+        gxe.ExpectColumnValuesToNotBeNull(column="quality", mostly=min_coverage),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="quality_finite",
+            value_set=[True],
+            row_condition="quality_present==True",
+            condition_parser="pandas",
+        ),
+    ]
+
+
+def validate_labels(labels: pd.DataFrame, name: str, min_coverage: float) -> ValidationReport:
+    """Gate a pseudo-label table (`path`, `quality`) before anything trains on it."""
+    df = labels[["path", "quality"]].copy()
+    q = pd.to_numeric(df["quality"], errors="coerce").astype(float)
+    df["quality_present"] = q.notna()
+    df["quality_finite"] = np.isfinite(q.to_numpy())
+    # NaN counts as missing for the coverage check.
+    df["quality"] = q.where(np.isfinite(q.to_numpy()) | q.isna())
+    return validate(df, f"labels_{name}", label_expectations(min_coverage))

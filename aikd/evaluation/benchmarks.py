@@ -1,0 +1,212 @@
+"""Verification benchmarks (pairs of images) and the similarity of each pair.
+
+Every benchmark is a DataFrame with the columns of ``BENCHMARK_COLUMNS``: ``benchmark``
+names it in the tables, ``dataset`` says which embeddings the paths belong to (paths are
+relative to that data set's root), ``mated`` is True for same-identity pairs and ``fold``
+keeps LFW's 10-fold split (0 where a benchmark has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from aikd.data.pairs import read_lfw_pairs, read_pairs_csv
+
+__all__ = [
+    "BENCHMARK_COLUMNS",
+    "PairScores",
+    "lfw_pairs",
+    "pair_scores",
+    "user_pairs",
+    "ytf_pairs",
+]
+
+BENCHMARK_COLUMNS = ["benchmark", "dataset", "path_a", "path_b", "mated", "fold"]
+
+
+def _with_names(pairs: pd.DataFrame, benchmark: str, dataset: str) -> pd.DataFrame:
+    out = pairs.copy()
+    out["benchmark"] = benchmark
+    out["dataset"] = dataset
+    out["mated"] = out["mated"].astype(bool)
+    out["fold"] = out["fold"].astype(np.int64)
+    return out[BENCHMARK_COLUMNS].reset_index(drop=True)
+
+
+def lfw_pairs(root: str | Path) -> pd.DataFrame:
+    """LFW's official View 2 protocol (``<root>/pairs.txt``: 10 folds x 300 mated + 300 not).
+
+    The standard protocol is kept as is so numbers stay comparable with published ones.
+    """
+    return _with_names(read_lfw_pairs(Path(root) / "pairs.txt"), "lfw", "lfw")
+
+
+def user_pairs(csv: str | Path, dataset: str, *, benchmark: str | None = None) -> pd.DataFrame:
+    """A user's ``path_a,path_b,mated[,fold]`` file on data set ``dataset``.
+
+    The benchmark is named after the data set unless ``benchmark`` is given, so a user's own
+    data shows up in the tables under a name they recognise.
+    """
+    return _with_names(read_pairs_csv(csv), benchmark or dataset, dataset)
+
+
+def _mated_pairs(identity: np.ndarray, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of frames of the same identity from different videos.
+
+    Frames of one video are near-duplicates, which would make mated pairs trivially easy;
+    across videos pose, lighting and resolution change, as in the YTF protocol.
+    """
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    starts = np.flatnonzero(np.r_[True, identity[1:] != identity[:-1]])
+    ends = np.r_[starts[1:], identity.shape[0]]
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        i, j = np.triu_indices(hi - lo, k=1)
+        keep = video[lo + i] != video[lo + j]
+        firsts.append(lo + i[keep])
+        seconds.append(lo + j[keep])
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+
+
+def _nonmated_pairs(
+    codes: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct unordered pairs (i < j) of frames with different identities.
+
+    Drawn uniformly over all such pairs by rejection sampling; when ``n`` is more than half
+    of what exists, all candidates are enumerated instead so the loop cannot stall.
+    """
+    n_frames = codes.shape[0]
+    sizes = np.bincount(codes).astype(np.int64)
+    available = int((n_frames * n_frames - int((sizes * sizes).sum())) // 2)
+    if n > available:
+        raise ValueError(f"{n} non-mated pairs requested but only {available} exist")
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if 2 * n > available:
+        i, j = np.triu_indices(n_frames, k=1)
+        keep = codes[i] != codes[j]
+        pick = np.sort(rng.choice(int(keep.sum()), size=n, replace=False))
+        return i[keep][pick].astype(np.int64), j[keep][pick].astype(np.int64)
+    chosen: list[int] = []
+    seen: set[int] = set()
+    while len(chosen) < n:
+        a = rng.integers(0, n_frames, size=2 * n)
+        b = rng.integers(0, n_frames, size=2 * n)
+        ok = codes[a] != codes[b]
+        keys = np.minimum(a, b)[ok] * n_frames + np.maximum(a, b)[ok]
+        for key in keys.tolist():
+            if key not in seen:
+                seen.add(key)
+                chosen.append(key)
+                if len(chosen) == n:
+                    break
+    keys_arr = np.sort(np.asarray(chosen, dtype=np.int64))
+    return keys_arr // n_frames, keys_arr % n_frames
+
+
+def ytf_pairs(
+    manifest: pd.DataFrame | str | Path,
+    *,
+    split: str = "test",
+    max_mated: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Verification pairs among the YTF frames of one split of the manifest.
+
+    Mated: every pair of frames of one person taken from DIFFERENT videos (or a seeded
+    sample of ``max_mated`` of them). Non-mated: as many distinct pairs of frames of
+    different people in the same split, drawn with the seed. Frames are ordered by path
+    first, so the result depends only on the manifest's content and the seed, not on its
+    row order. ``fold`` is 0 (YTF frames have no official pair folds).
+    """
+    df = pd.read_parquet(manifest) if isinstance(manifest, str | Path) else manifest
+    missing = {"path", "identity", "split", "video"} - set(df.columns)
+    if missing:
+        raise ValueError(f"YTF manifest lacks columns {sorted(missing)}")
+    if max_mated is not None and int(max_mated) < 0:
+        raise ValueError(f"max_mated must be >= 0, got {max_mated}")
+    frames = df[df["split"] == split]
+    if frames.empty:
+        raise ValueError(f"no frames in split {split!r}")
+    if frames["path"].duplicated().any():
+        raise ValueError("the manifest lists a path twice; pairs would be ambiguous")
+    dataset = "ytf"
+    if "dataset" in frames.columns and frames["dataset"].nunique() == 1:
+        dataset = str(frames["dataset"].iloc[0])
+    frames = frames.sort_values(["identity", "path"], kind="stable").reset_index(drop=True)
+    paths = frames["path"].to_numpy(dtype=object)
+    identity = frames["identity"].to_numpy(dtype=object)
+    codes = pd.factorize(frames["identity"], sort=True)[0].astype(np.int64)
+    video = frames["video"].to_numpy()
+
+    mi, mj = _mated_pairs(codes, video)
+    if max_mated is not None and int(max_mated) < mi.shape[0]:
+        rng_m = np.random.default_rng([seed, 0])
+        pick = np.sort(rng_m.choice(mi.shape[0], size=int(max_mated), replace=False))
+        mi, mj = mi[pick], mj[pick]
+    ni, nj = _nonmated_pairs(codes, mi.shape[0], np.random.default_rng([seed, 1]))
+    assert not (identity[ni] == identity[nj]).any()
+
+    out = pd.DataFrame(
+        {
+            "path_a": np.concatenate([paths[mi], paths[ni]]),
+            "path_b": np.concatenate([paths[mj], paths[nj]]),
+            "mated": np.r_[np.ones(mi.shape[0], bool), np.zeros(ni.shape[0], bool)],
+            "fold": 0,
+        }
+    )
+    return _with_names(out, "ytf", dataset)
+
+
+class PairScores(NamedTuple):
+    """Pairs that could be scored, their cosine similarity, and how many were dropped."""
+
+    pairs: pd.DataFrame
+    similarity: np.ndarray
+    n_dropped: int
+
+
+def pair_scores(
+    pairs: pd.DataFrame, embeddings_meta: pd.DataFrame, embeddings: np.ndarray
+) -> PairScores:
+    """Cosine similarity of the L2-normalised embeddings of each pair.
+
+    A pair is dropped when either image has no usable embedding (the detector found no
+    face, or the vector is non-finite or zero): such an image cannot be verified at all, so
+    it is reported as a coverage loss instead of being scored. The kept pairs keep their
+    order (index reset, so they line up with ``similarity``). Paths are relative to one data
+    set's root, so the pairs must all come from the data set the embeddings were made on.
+    """
+    if "dataset" in pairs.columns and pairs["dataset"].nunique() > 1:
+        raise ValueError("pairs span several data sets; score each against its own embeddings")
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] != len(embeddings_meta):
+        raise ValueError(
+            f"embeddings shape {emb.shape} does not match {len(embeddings_meta)} meta rows"
+        )
+    paths = embeddings_meta["path"].astype(str)
+    if paths.duplicated().any():
+        dup = paths[paths.duplicated()].iloc[0]
+        raise ValueError(f"embedding for {dup!r} is listed twice")
+    norms = np.linalg.norm(emb, axis=1)
+    usable = np.isfinite(emb).all(axis=1) & (norms > 0)
+    unit = np.zeros_like(emb)
+    unit[usable] = emb[usable] / norms[usable, None]
+    row_of = pd.Series(np.arange(len(paths)), index=paths.to_numpy())
+    row_of = row_of[usable]
+
+    ia = pairs["path_a"].astype(str).map(row_of)
+    ib = pairs["path_b"].astype(str).map(row_of)
+    keep = (ia.notna() & ib.notna()).to_numpy()
+    a = ia.to_numpy()[keep].astype(np.int64)
+    b = ib.to_numpy()[keep].astype(np.int64)
+    similarity = np.einsum("ij,ij->i", unit[a], unit[b])
+    kept = pairs[keep].reset_index(drop=True)
+    return PairScores(kept, similarity, int((~keep).sum()))

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from aikd.config import section
+from aikd.data.io import write_parquet_atomic
 from aikd.data.manifest import build_manifest
 from aikd.data.validation import validate_landmarks, validate_manifest
 from aikd.tracking import stage_run
@@ -137,3 +140,199 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
     print(f"landmarks {dataset}/{detector}: {status}")
     report.raise_for_failure()
     return table
+
+
+def landmark_report_stage(params: Mapping[str, Any]) -> pd.DataFrame:
+    """Detector agreement: found share and NME to `reference`, per data set and detector."""
+    from aikd.landmarks import landmark_agreement, plot_nme
+
+    cfg = section(params, "landmark_report")
+    detectors = list(section(params, "landmarks")["detectors"])
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, list[pd.DataFrame]] = {d: [] for d in detectors}
+    for dataset in section(params, "datasets"):
+        for det in detectors:
+            path = landmarks_path(params, dataset, det)
+            if path.is_file():
+                tables[det].append(pd.read_parquet(path))
+    merged = {d: pd.concat(t, ignore_index=True) for d, t in tables.items() if t}
+    if "reference" not in merged:
+        raise ValueError("landmark_report needs the 'reference' detector in landmarks.detectors")
+    reference = merged["reference"]
+    others = {d: t for d, t in merged.items() if d != "reference"}
+    table = landmark_agreement({"reference": reference, **others}, reference)
+    table.to_csv(out_dir / "agreement.csv", index=False)
+    (out_dir / "agreement.md").write_text(
+        "# Landmark agreement with the reference points\n\n"
+        "NME = mean distance of the 5 points to reference / reference inter-ocular distance.\n\n"
+        + table.to_markdown(index=False, floatfmt=".3f")
+        + "\n"
+    )
+    plot = plot_nme(others, reference, out_dir / "nme_ecdf.png")
+    metrics = {
+        f"{r.dataset}/{r.detector}": {
+            "found_share": round(float(r.found_share), 4),
+            "nme_median": round(float(r.nme_median), 4),
+            "nme_p90": round(float(r.nme_p90), 4),
+        }
+        for r in table.itertuples()
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with stage_run("landmark_report", params, run_name="landmark-report",
+                   log_params={"detectors": detectors}):
+        for key, vals in metrics.items():
+            for name, v in vals.items():
+                if v == v:  # skip NaN
+                    mlflow.log_metric(f"{key.replace('/', '.')}.{name}", v)
+        for f in ("agreement.csv", "agreement.md"):
+            mlflow.log_artifact(str(out_dir / f))
+        mlflow.log_artifact(str(plot))
+    print(table.to_string(index=False))
+    return table
+
+
+def embeddings_path(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
+    cfg = section(params, "embed")
+    return Path(cfg["out_dir"]) / dataset / f"{detector}_{cfg['backbone']}.parquet"
+
+
+def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
+    """Embed every face a detector found, aligned to the backbone's template (resumable)."""
+    import torch
+
+    from aikd.embed import embed_table
+    from aikd.models import load_backbone
+
+    cfg = section(params, "embed")
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    manifest = pd.read_parquet(manifest_path(params, dataset))
+    marks = pd.read_parquet(landmarks_path(params, dataset, detector))
+    rows = manifest[["root", "path"]].merge(marks[marks["status"] == "ok"], on="path")
+    model = load_backbone(cfg["backbone"]).eval().to(memory_format=torch.channels_last)
+    out = embeddings_path(params, dataset, detector)
+    meta, vectors, failed = embed_table(
+        model, rows, out, batch_size=int(cfg.get("batch_size", 64)),
+        workers=int(cfg.get("workers", 1)),
+    )
+    failed.to_csv(out.with_name(out.stem + "_failures.csv"), index=False)
+    with stage_run("embed", params, run_name=f"embed-{dataset}-{detector}",
+                   log_params={"dataset": dataset, "detector": detector, **cfg}):
+        mlflow.log_metrics({"embed.images": len(meta), "embed.failures": len(failed),
+                            "embed.skipped_no_landmarks": int((marks["status"] != "ok").sum())})
+    print(f"embed {dataset}/{detector}: {len(meta)} faces, {len(failed)} failures")
+    return out
+
+
+def labels_path(params: Mapping[str, Any], method: str) -> Path:
+    return Path(section(params, "labels")["out_dir"]) / f"{method}.parquet"
+
+
+def training_rows(params: Mapping[str, Any]) -> pd.DataFrame:
+    """Images the quality model may learn from: non-evaluation splits of the training data
+    sets, with their training-detector landmarks (`ok` rows only)."""
+    cfg = section(params, "labels")
+    detector = section(params, "landmarks").get("training_detector", "reference")
+    frames = []
+    for ds in cfg["datasets"]:
+        manifest = pd.read_parquet(manifest_path(params, ds))
+        marks = pd.read_parquet(landmarks_path(params, ds, detector))
+        rows = manifest[manifest["split"].isin(cfg["splits"]) & ~manifest["in_eval_pairs"]]
+        rows = rows.merge(marks[marks["status"] == "ok"].drop(columns=["dataset"]), on="path")
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, cfg: Mapping[str, Any]):
+    import torch
+
+    from aikd.embed import iter_aligned, landmarks_array
+    from aikd.fiqa import serfiq_scores
+    from aikd.models import load_backbone
+
+    s = dict(cfg.get("serfiq", {}))
+    model = load_backbone(section(params, "embed")["backbone"]).eval()
+    files = [str(Path(r) / p) for r, p in zip(rows["root"], rows["path"], strict=True)]
+    quality = np.full(len(rows), np.nan)
+    seed = int(params.get("seed", 0))
+    torch.manual_seed(seed)
+    batches = iter_aligned(files, landmarks_array(rows), model.template, batch_size=128)
+    for b, (idx, batch, _bad) in enumerate(tqdm(batches, desc="serfiq", unit="batch",
+                                               total=(len(rows) + 127) // 128)):
+        if batch is not None:
+            quality[np.asarray(idx)] = serfiq_scores(
+                model, batch, T=int(s.get("T", 100)), rate=float(s.get("rate", 0.5)),
+                placement=s.get("placement", "pooled"), dropout=s.get("dropout", "element"),
+                seed=seed + b,
+            )
+    return quality
+
+
+def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
+    """Pseudo quality labels of one FIQA method on the reference-aligned training images."""
+    import warnings
+
+    from aikd.data.io import read_vectors
+    from aikd.data.validation import validate_labels
+    from aikd.fiqa import crfiqa_labels, import_label_csv, sddfiqa_labels
+
+    cfg = section(params, "labels")
+    rows = training_rows(params)
+    detector = section(params, "landmarks").get("training_detector", "reference")
+    quality = np.full(len(rows), np.nan)
+    unmatched = pd.DataFrame()
+    if method in ("sddfiqa", "crfiqa"):
+        for ds, idx in rows.groupby("dataset").groups.items():
+            meta, vectors = read_vectors(embeddings_path(params, str(ds), detector))
+            pos = pd.Series(np.arange(len(meta)), index=meta["path"])
+            sub = rows.loc[idx]
+            have = sub["path"].isin(pos.index).to_numpy()
+            emb = vectors[pos[sub["path"][have]].to_numpy()]
+            ids = sub["identity"][have].to_numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # singletons are counted below
+                if method == "sddfiqa":
+                    s = cfg.get("sddfiqa", {})
+                    q = sddfiqa_labels(emb, ids, m=int(s.get("m", 24)), k=int(s.get("k", 12)),
+                                       seed=int(params.get("seed", 0)))
+                else:
+                    q = crfiqa_labels(emb, ids, variant=cfg.get("crfiqa", {}).get("variant",
+                                                                                 "paper"))
+            quality[np.asarray(idx)[have]] = q
+    elif method == "serfiq":
+        quality = _serfiq_labels(params, rows, cfg)
+    elif method == "csv":
+        src = cfg.get("csv", {}).get("path")
+        if not src:
+            raise ValueError("labels.csv.path is not set in params")
+        imported, unmatched = import_label_csv(src, rows)
+        quality = rows["path"].map(imported.set_index("path")["quality"]).to_numpy(float)
+    else:
+        raise ValueError(f"unknown label method {method!r}; expected serfiq, sddfiqa, crfiqa, csv")
+    labels = rows[["path", "dataset", "identity", "split"]].assign(quality=quality)
+    out = labels_path(params, method)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = validate_labels(labels, method, float(cfg.get("min_coverage", 0.8)))
+    report_path = report.write(out.with_name(f"{method}_validation.md"))
+    q = labels["quality"]
+    summary = {
+        "count": int(q.notna().sum()),
+        "missing": int(q.isna().sum()),
+        "missing_singleton_identity": int(
+            (q.isna() & (labels.groupby(["dataset", "identity"])["path"].transform("size") == 1))
+            .sum()
+        ),
+        "min": float(q.min()),
+        "median": float(q.median()),
+        "max": float(q.max()),
+        "unmatched_csv_rows": len(unmatched),
+    }
+    (out.with_name(f"{method}_summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
+    with stage_run("labels", params, run_name=f"labels-{method}",
+                   log_params={"method": method, **cfg}):
+        mlflow.log_metrics({f"labels.{k}": float(v) for k, v in summary.items()})
+        mlflow.log_artifact(str(report_path))
+    print(f"labels {method}: {summary}")
+    report.raise_for_failure()
+    write_parquet_atomic(labels, out)
+    return labels

@@ -1,0 +1,74 @@
+"""`aikd <command>`: the pipeline stages and tools from the command line.
+
+Every command reads params.yaml (or --params) and accepts `-S key.path=value` overrides,
+exactly like `dvc exp run -S`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aikd.config import load_params
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param, e.g. -S landmarks.batch_size=64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aikd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("manifest", help="build the parquet manifest of a data set")
+    p.add_argument("dataset", nargs="+", help="data set name(s) from params 'datasets'")
+    _common(p)
+
+    p = sub.add_parser("landmarks", help="detect 5 landmarks with one or more detectors")
+    p.add_argument("dataset")
+    p.add_argument("detector", nargs="+")
+    _common(p)
+
+    p = sub.add_parser("landmark-report", help="detector agreement table and plot")
+    _common(p)
+
+    p = sub.add_parser("embed", help="cached FR embeddings of aligned faces")
+    p.add_argument("dataset")
+    p.add_argument("detector", nargs="+")
+    _common(p)
+
+    p = sub.add_parser("detectors", help="list the landmark detectors installed here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "detectors":
+        from aikd.landmarks import available_detectors
+
+        print("\n".join(available_detectors()))
+        return 0
+    params = load_params(args.params, args.set)
+    from aikd import stages
+
+    if args.command == "manifest":
+        for ds in args.dataset:
+            stages.manifest_stage(params, ds)
+    elif args.command == "landmarks":
+        for det in args.detector:
+            stages.landmarks_stage(params, args.dataset, det)
+    elif args.command == "embed":
+        for det in args.detector:
+            stages.embed_stage(params, args.dataset, det)
+    elif args.command == "landmark-report":
+        stages.landmark_report_stage(params)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

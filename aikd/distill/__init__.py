@@ -1,0 +1,83 @@
+"""Alignment-Invariant Knowledge Distillation (AI-KD): train and use a quality model.
+
+A frozen teacher FR network embeds the properly aligned face x; a student (a copy of the
+same network plus an MLP head) sees the face aligned from jittered landmarks x̂ and is
+trained on ``w * (1 - cos(e, ê)) + (1 - w) * L_q(q, q̂)`` so its quality estimate does
+not depend on which detector cropped the face. ``max_shift=0, w=0`` is the plain
+quality-regression baseline. See :mod:`aikd.distill.train` for the training API and
+docs/distillation.md for the measured defaults.
+
+The training names (``train_distill``, ``validate_quality``, ...) are imported lazily so
+that ``python -m aikd.distill.train`` does not import its own module twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from aikd.distill.config import DistillConfig
+from aikd.distill.data import (
+    DistillDataset,
+    EpochStreamSampler,
+    LabelError,
+    LabelNorm,
+    attach_labels,
+    filter_readable,
+    load_rows,
+    read_labels,
+)
+from aikd.distill.loss import AIKDLoss, LossTerms
+from aikd.distill.model import (
+    AIKDStudent,
+    FrozenTeacher,
+    QualityHead,
+    QualityModel,
+    backbone_stages,
+    build_models,
+    load_quality_model,
+    predict_quality,
+    save_quality_model,
+    select_trainable,
+)
+
+_TRAIN_NAMES = (
+    "TrainResult",
+    "build_validation_pairs",
+    "read_teacher_cache",
+    "teacher_embed_rows",
+    "train_distill",
+    "validate_quality",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAIN_NAMES:
+        return getattr(importlib.import_module("aikd.distill.train"), name)
+    raise AttributeError(f"module 'aikd.distill' has no attribute {name!r}")
+
+
+__all__ = [
+    "AIKDLoss",
+    "AIKDStudent",
+    "DistillConfig",
+    "DistillDataset",
+    "EpochStreamSampler",
+    "FrozenTeacher",
+    "LabelError",
+    "LabelNorm",
+    "LossTerms",
+    "QualityHead",
+    "QualityModel",
+    "attach_labels",
+    "backbone_stages",
+    "build_models",
+    "filter_readable",
+    "load_quality_model",
+    "load_rows",
+    "predict_quality",
+    "read_labels",
+    "save_quality_model",
+    "select_trainable",
+    *_TRAIN_NAMES,
+]

@@ -48,7 +48,7 @@ PLACEMENTS: tuple[str, ...] = ("pooled", "stage4", "stage3", "stage2", "stage1")
 
 #: Chosen on LFW/YTF validation identities (docs/serfiq-dropout.md).
 DEFAULT_PLACEMENT: Placement = "stage3"
-DEFAULT_RATE: float = 0.05
+DEFAULT_RATE: float = 0.02
 DEFAULT_DROPOUT: DropoutKind = "element"
 
 # Max rows (image x pass) per tail call: bounds memory for the T-fold batch.

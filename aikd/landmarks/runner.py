@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from aikd.data.images import ImageReadError, read_rgb
+from aikd.data.io import write_parquet_atomic
 from aikd.landmarks.base import BOX_COLUMNS, POINT_COLUMNS, Detection, LandmarkDetector
 from aikd.landmarks.reference import ReferenceDetector
 from aikd.landmarks.registry import get_detector
@@ -62,17 +62,6 @@ def _typed(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
     for col in _TEXT_COLUMNS:
         df[col] = df[col].fillna("").astype(str).astype(object)
     return df.reset_index(drop=True)
-
-
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write to a temp file beside ``path`` and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _checked(det: Any) -> Detection:
@@ -225,11 +214,11 @@ def run_landmarks(
                 bar.update(len(chunk_rows))
                 since_flush += len(chunk_rows)
                 if since_flush >= checkpoint_every:
-                    _write_atomic(_merged(done, new), partial)
+                    write_parquet_atomic(_merged(done, new), partial)
                     since_flush = 0
         except BaseException:
             if new:  # interrupted (Ctrl-C, OOM...): keep what was computed
-                _write_atomic(_merged(done, new), partial)
+                write_parquet_atomic(_merged(done, new), partial)
             raise
         finally:
             bar.close()
@@ -244,7 +233,7 @@ def run_landmarks(
     extra = everything[~in_manifest]
     if len(extra):
         log.info("%s: keeping %d rows of images not in this manifest", out_path, len(extra))
-    _write_atomic(_typed(pd.concat([ordered, extra], ignore_index=True)), out_path)
+    write_parquet_atomic(_typed(pd.concat([ordered, extra], ignore_index=True)), out_path)
     partial.unlink(missing_ok=True)
     return ordered
 

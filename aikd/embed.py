@@ -25,9 +25,10 @@ from tqdm import tqdm
 from aikd.align import align_to_template
 from aikd.data.images import ImageReadError, read_rgb
 from aikd.data.io import read_vectors, vectors_table, write_parquet_atomic
+from aikd.landmarks.base import POINT_COLUMNS
 
 log = logging.getLogger(__name__)
-POINT_COLUMNS = [f"{a}{i}" for i in range(5) for a in ("x", "y")]
+
 
 
 def landmarks_array(rows: pd.DataFrame) -> np.ndarray:

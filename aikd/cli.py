@@ -41,6 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("detector", nargs="+")
     _common(p)
 
+    p = sub.add_parser("labels", help="pseudo quality labels of FIQA methods")
+    p.add_argument("method", nargs="+", help="serfiq, sddfiqa, crfiqa or csv")
+    _common(p)
+
+    p = sub.add_parser("distill", help="train AI-KD (T) / baseline (B) runs from params")
+    p.add_argument("run", nargs="+", help="run name(s) from params distill.runs")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints, start over")
+    _common(p)
+
+    p = sub.add_parser("pairs", help="write a benchmark's verification pairs")
+    p.add_argument("benchmark", nargs="+")
+    _common(p)
+
+    p = sub.add_parser("quality", help="every quality method on a benchmark's faces")
+    p.add_argument("dataset")
+    p.add_argument("detector", nargs="+")
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="pAUC / EDC of every (benchmark, detector, method)")
+    _common(p)
+
+    p = sub.add_parser("report", help="tables, EDC figures and metrics/evaluation.json")
+    _common(p)
+
     p = sub.add_parser("detectors", help="list the landmark detectors installed here")
     return parser
 
@@ -67,6 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             stages.embed_stage(params, args.dataset, det)
     elif args.command == "landmark-report":
         stages.landmark_report_stage(params)
+    elif args.command == "labels":
+        for method in args.method:
+            stages.labels_stage(params, method)
+    elif args.command == "distill":
+        from aikd.distill.stage import distill_stage
+
+        for run in args.run:
+            distill_stage(params, run, resume=not args.restart)
+    elif args.command in ("pairs", "quality", "evaluate", "report"):
+        from aikd.evaluation import stage as ev
+
+        if args.command == "pairs":
+            for bench in args.benchmark:
+                ev.pairs_stage(params, bench)
+        elif args.command == "quality":
+            from aikd.quality import quality_stage
+
+            for det in args.detector:
+                quality_stage(params, args.dataset, det)
+        elif args.command == "evaluate":
+            ev.evaluate_stage(params)
+        else:
+            ev.report_stage(params)
     return 0
 
 

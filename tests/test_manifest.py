@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from aikd.config import apply_overrides, load_params
-from aikd.data.manifest import build_manifest, split_identities
+from aikd.data.manifest import build_manifest, split_identities, subset_manifest
 from aikd.data.pairs import read_lfw_pairs
 from aikd.data.validation import DataValidationError, validate_manifest
 
@@ -124,3 +124,20 @@ def test_user_pairs_csv_mated_is_parsed_strictly(tmp_path):
     p.write_text("path_a,path_b,mated\na.jpg,b.jpg,1\na.jpg,c.jpg,maybe\n")
     with pytest.raises(ValueError, match=r"lines \[3\]"):
         read_pairs_csv(p)
+
+
+def test_subset_manifest_keeps_whole_identities_per_split():
+    rows = []
+    for split, n_ids in (("train", 10), ("test", 5)):
+        for i in range(n_ids):
+            n_img = 1 if i % 3 == 0 else 5  # some singletons
+            rows += [{"path": f"{split}/id{i}/{k}.jpg", "identity": f"{split}{i}",
+                      "split": split} for k in range(n_img)]
+    man = pd.DataFrame(rows)
+    sub = subset_manifest(man, identities=3, max_images=2, seed=1)
+    per_split = sub.groupby("split")["identity"].nunique()
+    assert per_split.to_dict() == {"test": 3, "train": 3}
+    sizes = sub.groupby("identity").size()
+    assert (sizes == 2).all()  # identities with >= 2 images come first, capped at 2
+    assert sub.equals(subset_manifest(man, identities=3, max_images=2, seed=1))
+    assert not sub.equals(subset_manifest(man, identities=3, max_images=2, seed=2))

@@ -187,6 +187,28 @@ def build_manifest(
     raise ValueError(f"unknown dataset kind {kind!r}; expected lfw, ytf or folder")
 
 
+def subset_manifest(
+    manifest: pd.DataFrame, *, identities: int, max_images: int | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """A seeded, identity-level sample of a manifest: per split, ``identities`` identities
+    (those with at least two images first, so verification pairs exist) with at most
+    ``max_images`` images each. For smoke runs and quick experiments on a small budget.
+    """
+    rng = np.random.default_rng([int(seed), 29])
+    keep = []
+    for _, part in manifest.groupby("split", sort=True):
+        counts = part.groupby("identity").size()
+        multi = sorted(counts[counts >= 2].index)
+        single = sorted(counts[counts < 2].index)
+        order = list(rng.permutation(multi)) + list(rng.permutation(single))
+        chosen = set(order[:identities])
+        sel = part[part["identity"].isin(chosen)].sort_values("path")
+        if max_images:
+            sel = sel.groupby("identity", sort=False).head(max_images)
+        keep.append(sel)
+    return pd.concat(keep).sort_values("path").reset_index(drop=True)
+
+
 def image_file(row: Mapping[str, object]) -> Path:
     """The file of a manifest row."""
     return Path(str(row["root"])) / str(row["path"])

@@ -510,6 +510,7 @@ def write_report(
     differences: pd.DataFrame | None = None,
     curve_fmr: float = MAIN_FMR,
     curve_threshold: str = MAIN_THRESHOLD,
+    reports_subdir: str = "reports",
 ) -> dict[str, Path]:
     """Write every table, figure, the summary and the metrics; return {relative path: path}.
 
@@ -520,6 +521,8 @@ def write_report(
     ``reports/summary.md`` and ``metrics/evaluation.json``. ``aikd_win_share`` there is the
     share of misaligned cells with pAUC(T) < pAUC(B) at FMR 1e-3, recomputed threshold.
     ``differences`` (optional, paired bootstrap per cell) sharpens the significance test.
+    ``reports_subdir`` renames ``reports/`` (the DVC stage writes ``reports/evaluation``
+    so that its output directory does not overlap other stages' reports).
     Results may carry an ``n_dropped`` column (pairs lost to missing faces); it is shown.
     """
     check_results(results)
@@ -528,7 +531,7 @@ def write_report(
         raise ValueError(f"no results for FR models {list(fr_models)} and detectors "
                          f"{list(detectors)}")
     out = Path(out_dir)
-    rep, met = out / "reports", out / "metrics"
+    rep, met = out / reports_subdir, out / "metrics"
     rep.mkdir(parents=True, exist_ok=True)
     met.mkdir(parents=True, exist_ok=True)
     misaligned = [d for d in detectors if d != REFERENCE_DETECTOR]

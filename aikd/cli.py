@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables, EDC figures and metrics/evaluation.json")
     _common(p)
 
+    from aikd.tuning import add_cli as add_tune_cli
+
+    add_tune_cli(sub)
+
     p = sub.add_parser("detectors", help="list the landmark detectors installed here")
     return parser
 
@@ -77,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\n".join(available_detectors()))
         return 0
+    if args.command == "tune":
+        from aikd.tuning import run_cli
+
+        return run_cli(args)
     params = load_params(args.params, args.set)
     from aikd import stages
 

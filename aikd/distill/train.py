@@ -8,7 +8,7 @@ Public API::
     metrics = validate_quality(model, val_rows, ...)     # val L_q, cosine, pAUC
 
 ``train_distill(config, train_rows, val_rows, out_dir, *, labels=None, teacher_cache=None,
-val_landmarks=None, resume=False, stop_after=None) -> TrainResult``
+val_landmarks=None, resume=False, stop_after=None, on_validation=None) -> TrainResult``
 
 * ``train_rows``/``val_rows``: DataFrames with ``root, path, x0, y0 .. x4, y4``; val rows
   also ``identity`` (pairs are built from held-out validation identities). A ``quality``
@@ -18,7 +18,10 @@ val_landmarks=None, resume=False, stop_after=None) -> TrainResult``
   or a ``{path: vector}`` mapping; rows it lacks are embedded once by the teacher. Without
   a cache the teacher embeds x online under ``torch.no_grad()`` every step.
 * ``val_landmarks``: ``{detector: table(path, x0..y4)}``; validation then also reports
-  pAUC with the student's quality of faces aligned by each detector.
+  pAUC with the student's quality of faces aligned by each detector (at every validation).
+* ``on_validation(step, metrics, final)``: called by the main process after each
+  intermediate validation (``final=False``) and after the final one (``final=True``, once
+  ``model.pt`` is written), e.g. to report to a hyper-parameter search (``aikd.tuning``).
 * ``out_dir`` receives ``model.pt`` (the SWA-averaged student, see ``load_quality_model``),
   ``metrics.json`` (final validation), ``history.csv`` (per-step losses, lr, images/s),
   ``skipped.csv`` (unreadable images) and ``checkpoints/step_*`` (``accelerator.save_state``
@@ -44,7 +47,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -474,6 +477,7 @@ def train_distill(
     val_landmarks: Mapping[str, pd.DataFrame] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
+    on_validation: Callable[[int, dict[str, float], bool], None] | None = None,
 ) -> TrainResult:
     """Train one AI-KD (or baseline) quality model; see the module docstring."""
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
@@ -483,7 +487,7 @@ def train_distill(
     try:
         return _train(cfg, train_rows, val_rows, Path(out_dir), labels=labels,
                       teacher_cache=teacher_cache, val_landmarks=val_landmarks, resume=resume,
-                      stop_after=stop_after)
+                      stop_after=stop_after, on_validation=on_validation)
     finally:
         torch.set_num_threads(threads)
 
@@ -499,6 +503,7 @@ def _train(
     val_landmarks: Mapping[str, pd.DataFrame] | None,
     resume: bool,
     stop_after: int | None,
+    on_validation: Callable[[int, dict[str, float], bool], None] | None = None,
 ) -> TrainResult:
     t_start = time.perf_counter()
     timings = dict.fromkeys(("setup_s", "train_s", "train_cpu_s", "validation_s",
@@ -675,13 +680,15 @@ def _train(
                 metrics = validate_quality(
                     accelerator.unwrap_model(student), sub, sub_e, label_norm=label_norm,
                     quality_loss=loss_fn, max_shift=cfg.val_max_shift, units=cfg.jitter_units,
-                    seed=cfg.seed, device=device, batch_size=cfg.batch_size,
-                    channels_last=cfg.channels_last, autocast=accelerator.autocast,
-            workers=cfg.num_workers,
+                    seed=cfg.seed, landmark_tables=val_landmarks, device=device,
+                    batch_size=cfg.batch_size, channels_last=cfg.channels_last,
+                    autocast=accelerator.autocast, workers=cfg.num_workers,
                 )
                 if use_mlflow:
                     mlflow.log_metrics(_finite(metrics), step=step)
                 bar.write(f"step {step}: " + _fmt(metrics))
+                if on_validation is not None:
+                    on_validation(step, metrics, False)
             accelerator.wait_for_everyone()
         t_ckpt = time.perf_counter()
         timings["validation_s"] += t_ckpt - t_aside
@@ -749,6 +756,8 @@ def _train(
             mlflow.log_artifact(str(model_path), artifact_path="distill")
             mlflow.log_artifact(str(out / "metrics.json"), artifact_path="distill")
         log.info("distill done: %s", _fmt(metrics))
+        if on_validation is not None:
+            on_validation(state.step, metrics, True)
     accelerator.wait_for_everyone()
     return TrainResult(out, model_path or out / "model.pt", True, state.step, total_steps,
                        metrics, history, skipped, label_norm, time.perf_counter() - t_start,

@@ -9,7 +9,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export GX_ANALYTICS_ENABLED := False
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: env repro test test-all lint
+.PHONY: env repro test test-all smoke lint
 
 env:
 	bash scripts/setup_env.sh
@@ -19,6 +19,9 @@ repro: env
 
 test: env
 	python -m pytest -m "not slow" -q
+
+smoke: env
+	bash scripts/smoke.sh
 
 test-all: env
 	python -m pytest -q

@@ -65,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables, EDC figures and metrics/evaluation.json")
     _common(p)
 
+    from aikd.registry import add_cli as add_registry_cli
     from aikd.tuning import add_cli as add_tune_cli
 
     add_tune_cli(sub)
+    add_registry_cli(sub)  # `register` and `score`
 
     p = sub.add_parser("detectors", help="list the landmark detectors installed here")
     return parser
@@ -85,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aikd.tuning import run_cli
 
         return run_cli(args)
+    if args.command in ("register", "score"):  # `score` also runs outside a project
+        from aikd.registry import run_cli as run_registry_cli
+
+        return run_registry_cli(args)
     params = load_params(args.params, args.set)
     from aikd import stages
 

@@ -10,7 +10,6 @@ against being reused for another set of models.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -223,14 +222,6 @@ def quality_path(params: Mapping[str, Any], dataset: str, detector: str) -> Path
     return Path(section(params, "quality")["out_dir"]) / dataset / f"{detector}.parquet"
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     """(scorers, template, signature) for the quality stage.
 
@@ -242,6 +233,7 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     from aikd.distill.stage import run_dir
     from aikd.fiqa import serfiq_scores, sharpness
     from aikd.models import load_backbone
+    from aikd.stages import file_md5
 
     cfg = section(params, "quality")
     sig: dict[str, Any] = {"backbone": section(params, "embed")["backbone"]}
@@ -252,7 +244,7 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
         path = run_dir(params, run) / "model.pt"
         models[run] = load_quality_model(path).to(memory_format=torch.channels_last)
         templates.add(models[run].template)
-        sig[run] = _file_md5(path)
+        sig[run] = file_md5(path)
     baselines = list(cfg.get("baselines") or [])
     unknown = set(baselines) - {"flip", "sharpness"}
     if unknown:

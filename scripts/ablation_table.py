@@ -1,0 +1,77 @@
+"""Collect distill runs of one label method into the ablation table (mean and range over
+seeds per variant), write it as Markdown/CSV and log it to MLflow as one run.
+
+    python scripts/ablation_table.py models/sddfiqa-B models/sddfiqa-T ablation/sddfiqa-* \
+        --out reports/ablation_sddfiqa
+
+Each run directory holds the distill stage's ``metrics.json``; the variant is read from
+the saved config (max_shift, w), the seed from the config too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+METRICS = ["val_quality_loss", "val_cosine", "val_pauc_fmr1e-2", "val_pauc_fmr1e-3",
+           "val_pauc_fmr1e-2_retinaface", "val_pauc_fmr1e-3_retinaface"]
+
+
+def variant_of(max_shift: float, w: float) -> str:
+    if max_shift == 0 and w == 0:
+        return "B: plain regression"
+    if w == 0:
+        return "J: jitter only"
+    if max_shift == 0:
+        return "C: consistency only"
+    return "T: AI-KD"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True, help="output prefix (no suffix)")
+    ap.add_argument("--mlflow", action="store_true", help="log the table as an MLflow run")
+    args = ap.parse_args()
+    rows = []
+    for run in args.runs:
+        metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+        cfg = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["config"]
+        rows.append({"run": run.name, "variant": variant_of(cfg["max_shift"], cfg["w"]),
+                     "max_shift": cfg["max_shift"], "w": cfg["w"], "seed": cfg["seed"],
+                     **{m: metrics.get(m) for m in METRICS}})
+    runs = pd.DataFrame(rows).sort_values(["variant", "seed"])
+    agg = runs.groupby("variant")[METRICS].agg(["mean", "min", "max"])
+    table = pd.DataFrame({"seeds": runs.groupby("variant")["seed"].apply(
+        lambda s: ",".join(map(str, sorted(s))))})
+    for m in METRICS:
+        table[m] = [f"{a:.3f} ({lo:.3f}-{hi:.3f})" for a, lo, hi in
+                    zip(agg[(m, "mean")], agg[(m, "min")], agg[(m, "max")], strict=True)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(args.out.with_suffix(".csv"), index=False)
+    md = ("# Ablation: mean (min-max) over seeds\n\n" + table.reset_index().to_markdown(index=False)
+          + "\n\n## Runs\n\n" + runs.to_markdown(index=False, floatfmt=".3f") + "\n")
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    if args.mlflow:
+        import mlflow
+
+        from aikd.config import load_params
+        from aikd.tracking import stage_run
+
+        with stage_run("ablation", load_params("params.yaml"), run_name=f"ablation-{args.out.name}",
+                       log_params={"runs": [r.as_posix() for r in args.runs]}):
+            for v, g in runs.groupby("variant"):
+                key = v.split(":")[0]
+                for m in METRICS:
+                    mlflow.log_metric(f"{key}.{m}.mean", float(g[m].mean()))
+            mlflow.log_artifact(str(args.out.with_suffix(".md")))
+            mlflow.log_artifact(str(args.out.with_suffix(".csv")))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,50 +20,39 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a param, e.g. -S landmarks.batch_size=64")
 
 
+#: (command, help, [(positional, nargs, help)]) of the commands that run a pipeline stage.
+_STAGE_COMMANDS: list[tuple[str, str, list[tuple[str, str | None, str | None]]]] = [
+    ("manifest", "build the parquet manifest of a data set",
+     [("dataset", "+", "data set name(s) from params 'datasets'")]),
+    ("landmarks", "detect 5 landmarks with one or more detectors",
+     [("dataset", None, None), ("detector", "+", None)]),
+    ("landmark-report", "detector agreement table and plot", []),
+    ("embed", "cached FR embeddings of aligned faces",
+     [("dataset", None, None), ("detector", "+", None)]),
+    ("labels", "pseudo quality labels of FIQA methods",
+     [("method", "+", "serfiq, sddfiqa, crfiqa or csv")]),
+    ("distill", "train AI-KD (T) / baseline (B) runs from params",
+     [("run", "+", "run name(s) from params distill.runs")]),
+    ("pairs", "write a benchmark's verification pairs", [("benchmark", "+", None)]),
+    ("quality", "every quality method on a benchmark's faces",
+     [("dataset", None, None), ("detector", "+", None)]),
+    ("evaluate", "pAUC / EDC of every (benchmark, detector, method)", []),
+    ("report", "tables, EDC figures and metrics/evaluation.json", []),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aikd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("manifest", help="build the parquet manifest of a data set")
-    p.add_argument("dataset", nargs="+", help="data set name(s) from params 'datasets'")
-    _common(p)
-
-    p = sub.add_parser("landmarks", help="detect 5 landmarks with one or more detectors")
-    p.add_argument("dataset")
-    p.add_argument("detector", nargs="+")
-    _common(p)
-
-    p = sub.add_parser("landmark-report", help="detector agreement table and plot")
-    _common(p)
-
-    p = sub.add_parser("embed", help="cached FR embeddings of aligned faces")
-    p.add_argument("dataset")
-    p.add_argument("detector", nargs="+")
-    _common(p)
-
-    p = sub.add_parser("labels", help="pseudo quality labels of FIQA methods")
-    p.add_argument("method", nargs="+", help="serfiq, sddfiqa, crfiqa or csv")
-    _common(p)
-
-    p = sub.add_parser("distill", help="train AI-KD (T) / baseline (B) runs from params")
-    p.add_argument("run", nargs="+", help="run name(s) from params distill.runs")
-    p.add_argument("--restart", action="store_true", help="ignore checkpoints, start over")
-    _common(p)
-
-    p = sub.add_parser("pairs", help="write a benchmark's verification pairs")
-    p.add_argument("benchmark", nargs="+")
-    _common(p)
-
-    p = sub.add_parser("quality", help="every quality method on a benchmark's faces")
-    p.add_argument("dataset")
-    p.add_argument("detector", nargs="+")
-    _common(p)
-
-    p = sub.add_parser("evaluate", help="pAUC / EDC of every (benchmark, detector, method)")
-    _common(p)
-
-    p = sub.add_parser("report", help="tables, EDC figures and metrics/evaluation.json")
-    _common(p)
+    for name, help_text, positionals in _STAGE_COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        for arg, nargs, arg_help in positionals:
+            p.add_argument(arg, nargs=nargs, help=arg_help)
+        if name == "distill":
+            p.add_argument("--restart", action="store_true",
+                           help="ignore checkpoints, start over")
+        _common(p)
 
     from aikd.registry import add_cli as add_registry_cli
     from aikd.tuning import add_cli as add_tune_cli

@@ -93,10 +93,7 @@ class SharedTrunkScorer:
         return [*self.models, *(["flip"] if self.flip else [])]
 
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.reference
-        h = (x - r.rgb_mean) / 256.0
-        h = torch.nn.functional.max_pool2d(torch.relu(r.aff1(r.conv1(h))), 3, 2)
-        return r.blocks[: self.k](h)
+        return self.reference.blocks[: self.k](self.reference.stem(x))
 
     @staticmethod
     def _tail(backbone: torch.nn.Module, h: torch.Tensor, k: int) -> torch.Tensor:

@@ -209,18 +209,13 @@ def base_distill_config(params: Mapping[str, Any], variant: str = "T") -> Distil
     """The config ``distill@<labels>-<variant>`` trains with, as the distill stage builds
     it: params ``distill:`` minus the stage's own keys (``out_dir``, ``runs``, ...), then
     the variant's changes, the global seed unless set."""
-    from aikd.distill.config import DistillConfig
-    from aikd.distill.stage import STAGE_KEYS
+    from aikd.distill.stage import config_with
 
-    section = dict(params.get("distill") or {})
-    values = {k: v for k, v in section.items() if k not in STAGE_KEYS}
-    variants = section.get("variants") or {}
+    variants = (params.get("distill") or {}).get("variants") or {}
     if variants and variant not in variants:
         raise KeyError(f"tune.variant {variant!r} is not in distill.variants "
                        f"({', '.join(variants)})")
-    values.update(variants.get(variant) or {})
-    values.setdefault("seed", int(params.get("seed", 0)))
-    return DistillConfig.from_dict(values)
+    return config_with(params, variants.get(variant))
 
 
 def search_params(settings: TuneSettings, base: DistillConfig) -> list[SearchParam]:

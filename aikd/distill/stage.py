@@ -44,18 +44,25 @@ def run_spec(params: Mapping[str, Any], run: str) -> dict[str, Any]:
     return spec
 
 
+def config_with(params: Mapping[str, Any], *changes: Mapping[str, Any] | None) -> DistillConfig:
+    """The ``distill`` section's shared settings (its stage keys removed), then each of
+    ``changes`` in order (a variant, a run's overrides, ...), the global seed unless set.
+    The one place that turns params into a DistillConfig (stage runs and tuning trials)."""
+    cfg = {k: v for k, v in (params.get("distill") or {}).items() if k not in STAGE_KEYS}
+    for change in changes:
+        cfg.update(change or {})
+    cfg.setdefault("seed", int(params.get("seed", 0)))
+    return DistillConfig.from_dict(cfg)
+
+
 def run_config(params: Mapping[str, Any], run: str) -> DistillConfig:
     """The run's DistillConfig: shared section, then its variant, then its own overrides."""
-    cfg = {k: v for k, v in section(params, "distill").items() if k not in STAGE_KEYS}
     spec = run_spec(params, run)
     variants = section(params, "distill").get("variants") or {}
     if spec["variant"] not in variants:
         raise KeyError(f"distill.runs.{run}: variant {spec['variant']!r} is not in "
                        f"distill.variants ({', '.join(variants)})")
-    cfg.update(variants[spec["variant"]] or {})
-    cfg.update(spec["overrides"] or {})
-    cfg.setdefault("seed", int(params.get("seed", 0)))
-    return DistillConfig.from_dict(cfg)
+    return config_with(params, variants[spec["variant"]], spec["overrides"])
 
 
 def run_dir(params: Mapping[str, Any], run: str) -> Path:

@@ -567,13 +567,15 @@ class DlibResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(256, 128, bias=False)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """RGB [0, 255] batch -> (N, 256) globally averaged trunk output (input to ``fc``)."""
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB [0, 255] batch -> the input of ``blocks`` (normalise, conv, affine, pool)."""
         x = (x - self.rgb_mean) / 256.0
         x = F.relu(self.aff1(self.conv1(x)))
-        x = F.max_pool2d(x, 3, 2)
-        x = self.blocks(x)
-        return x.mean(dim=(2, 3))
+        return F.max_pool2d(x, 3, 2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB [0, 255] batch -> (N, 256) globally averaged trunk output (input to ``fc``)."""
+        return self.blocks(self.stem(x)).mean(dim=(2, 3))
 
     def embed_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, 256) features -> (N, 128) descriptor (dlib's ``fc_no_bias<128>``)."""

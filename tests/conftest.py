@@ -22,6 +22,13 @@ def lfw_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ytf_root() -> Path:
+    if not (YTF / "keypoints_68pt.csv").is_file():
+        pytest.skip(f"demo data not found at {YTF}")
+    return YTF
+
+
+@pytest.fixture(scope="session")
 def lfw_reference(lfw_root: Path) -> pd.DataFrame:
     return pd.read_csv(lfw_root / "landmarks_5pt.csv")
 

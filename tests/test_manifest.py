@@ -22,6 +22,7 @@ def tiny_lfw(tmp_path: Path, lfw_root: Path) -> Path:
         for f in src:
             shutil.copy(f, root / "images" / name / f.name)
     (root / "images" / ".DS_Store").write_bytes(b"junk")
+    (root / "images" / "landmarks_5pt.csv").write_text("path\n")  # metadata, not junk
     (root / "images" / NAMES[0] / "notes.txt").write_text("not an image")
     (root / "images" / NAMES[1] / f"{NAMES[1]}_0099.jpg").write_bytes(b"\xff\xd8garbage")
     (root / "pairs.txt").write_text(
@@ -74,6 +75,7 @@ def test_lfw_manifest_flags_eval_images_and_reports_junk(tiny_lfw):
     assert (m["width"] == 150).all() and (m["height"] == 150).all()
     reasons = dict(zip(res.rejected["path"], res.rejected["reason"], strict=True))
     assert "not an identity folder" in reasons["images/.DS_Store"]
+    assert "images/landmarks_5pt.csv" not in reasons
     assert "not an image" in reasons[f"images/{NAMES[0]}/notes.txt"]
     assert "unreadable" in reasons[f"images/{NAMES[1]}/{NAMES[1]}_0099.jpg"]
     assert validate_manifest(m, "tiny").success
@@ -141,3 +143,21 @@ def test_subset_manifest_keeps_whole_identities_per_split():
     assert (sizes == 2).all()  # identities with >= 2 images come first, capped at 2
     assert sub.equals(subset_manifest(man, identities=3, max_images=2, seed=1))
     assert not sub.equals(subset_manifest(man, identities=3, max_images=2, seed=2))
+
+
+def test_ytf_manifest_reports_a_stray_file_instead_of_crashing(tmp_path, ytf_root):
+    """A file that is not named <Name>_<video><frame> has no video number: it is rejected
+    with a reason, and the frames around it keep their video ids."""
+    person = sorted(p.name for p in (ytf_root / "images").iterdir())[0]
+    frames = sorted((ytf_root / "images" / person).glob("*.jpg"))[:4]
+    folder = tmp_path / "ytf" / "images" / person
+    folder.mkdir(parents=True)
+    for f in frames:
+        shutil.copy(f, folder / f.name)
+    shutil.copy(frames[0], folder / "holiday.jpg")
+    res = build_manifest("ytf", tmp_path / "ytf", fractions={"train": 1.0}, seed=0)
+    assert sorted(res.manifest["path"]) == [f"images/{person}/{f.name}" for f in frames]
+    expected = [int(f.stem.rsplit("_", 1)[1][0]) for f in frames]
+    assert res.manifest.sort_values("path")["video"].tolist() == expected
+    assert res.rejected["path"].tolist() == [f"images/{person}/holiday.jpg"]
+    assert "not a YTF frame name" in res.rejected["reason"].iloc[0]

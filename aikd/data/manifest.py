@@ -17,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from aikd.data.pairs import read_lfw_pairs
 
+#: Files a data set root may hold beside its identity folders (landmarks, pairs).
+DATASET_FILES = {"landmarks_5pt.csv", "keypoints_68pt.csv", "pairs.txt"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MANIFEST_COLUMNS = [
     "root",
@@ -68,6 +70,8 @@ def _scan_identity_folders(images_dir: Path) -> tuple[list[tuple[str, str]], lis
     found: list[tuple[str, str]] = []
     rejected: list[tuple[str, str]] = []
     for entry in sorted(images_dir.iterdir()):
+        if entry.name in DATASET_FILES:  # the data set's own landmarks / pairs, not junk
+            continue
         if not entry.is_dir():
             rejected.append((entry.name, "not an identity folder"))
             continue
@@ -165,7 +169,15 @@ def ytf_manifest(root: str | Path, *, fractions: Mapping[str, float], seed: int)
     """YouTube Faces frames `<Name>_<video><frame>.jpg`, split by identity; adds `video`."""
     res = folder_manifest(root, "ytf", fractions=fractions, seed=seed, images_subdir="images")
     stem = res.manifest["path"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
-    res.manifest["video"] = stem.str.rsplit("_", n=1).str[-1].str[0].astype("int16")
+    video = stem.str.extract(r"_(\d)\d+$", expand=False)
+    odd = video.isna()
+    if odd.any():  # a stray file in a frame folder: reported, not a crash of the whole stage
+        extra = pd.DataFrame({"path": res.manifest.loc[odd, "path"],
+                              "reason": "not a YTF frame name <Name>_<video><frame>.<ext>"})
+        res = ManifestResult(res.manifest[~odd].reset_index(drop=True),
+                             pd.concat([res.rejected, extra], ignore_index=True))
+        video = video[~odd].reset_index(drop=True)
+    res.manifest["video"] = video.astype("int16").to_numpy()
     return res
 
 

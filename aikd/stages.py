@@ -100,7 +100,9 @@ def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
 
 
 def landmarks_path(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
-    return Path(section(params, "landmarks")["out_dir"]) / dataset / f"{detector}.parquet"
+    """``<out_dir>/<detector>/<dataset>.parquet``: one folder per detector, so a stage can
+    depend on "this detector's landmarks of every data set" (dvc.yaml)."""
+    return Path(section(params, "landmarks")["out_dir"]) / detector / f"{dataset}.parquet"
 
 
 def landmark_rows(params: Mapping[str, Any], manifest: pd.DataFrame, detector: str) -> pd.DataFrame:
@@ -132,7 +134,7 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
     report = validate_landmarks(
         table, manifest, f"{dataset}_{detector}", float(cfg.get("max_failure_rate", 0.2))
     )
-    report_path = report.write(out.with_name(f"{detector}_validation.md"))
+    report_path = report.write(out.with_name(f"{dataset}_validation.md"))
     status = table["status"].value_counts().to_dict()
     with stage_run(
         "landmarks",
@@ -202,7 +204,7 @@ def landmark_report_stage(params: Mapping[str, Any]) -> pd.DataFrame:
 
 def embeddings_path(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
     cfg = section(params, "embed")
-    return Path(cfg["out_dir"]) / dataset / f"{detector}_{cfg['backbone']}.parquet"
+    return Path(cfg["out_dir"]) / detector / f"{dataset}_{cfg['backbone']}.parquet"
 
 
 def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
@@ -262,18 +264,21 @@ def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, cfg: Mapping[s
     model = load_backbone(section(params, "embed")["backbone"]).eval()
     files = [str(Path(r) / p) for r, p in zip(rows["root"], rows["path"], strict=True)]
     quality = np.full(len(rows), np.nan)
+    status = np.full(len(rows), "ok", dtype=object)
     seed = int(params.get("seed", 0))
     torch.manual_seed(seed)
     batches = iter_aligned(files, landmarks_array(rows), model.template, batch_size=128)
-    for b, (idx, batch, _bad) in enumerate(tqdm(batches, desc="serfiq", unit="batch",
-                                               total=(len(rows) + 127) // 128)):
+    for b, (idx, batch, bad) in enumerate(tqdm(batches, desc="serfiq", unit="batch",
+                                              total=(len(rows) + 127) // 128)):
+        for i, msg in bad:
+            status[i] = msg
         if batch is not None:
             quality[np.asarray(idx)] = serfiq_scores(
                 model, batch, T=int(s.get("T", 100)), rate=float(s.get("rate", 0.5)),
                 placement=s.get("placement", "pooled"), dropout=s.get("dropout", "element"),
                 seed=seed + b,
             )
-    return quality
+    return quality, status
 
 
 def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
@@ -288,6 +293,7 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
     rows = training_rows(params)
     detector = section(params, "landmarks").get("training_detector", "reference")
     quality = np.full(len(rows), np.nan)
+    status = np.full(len(rows), "ok", dtype=object)  # why a row has no label
     unmatched = pd.DataFrame()
     if method in ("sddfiqa", "crfiqa"):
         for ds, idx in rows.groupby("dataset").groups.items():
@@ -295,6 +301,7 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
             pos = pd.Series(np.arange(len(meta)), index=meta["path"])
             sub = rows.loc[idx]
             have = sub["path"].isin(pos.index).to_numpy()
+            status[np.asarray(idx)[~have]] = "no_embedding (see the embed stage's failures)"
             emb = vectors[pos[sub["path"][have]].to_numpy()]
             ids = sub["identity"][have].to_numpy()
             with warnings.catch_warnings():
@@ -308,16 +315,23 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
                                                                                  "paper"))
             quality[np.asarray(idx)[have]] = q
     elif method == "serfiq":
-        quality = _serfiq_labels(params, rows, cfg)
+        quality, status = _serfiq_labels(params, rows, cfg)
     elif method == "csv":
         src = cfg.get("csv", {}).get("path")
         if not src:
             raise ValueError("labels.csv.path is not set in params")
         imported, unmatched = import_label_csv(src, rows)
         quality = rows["path"].map(imported.set_index("path")["quality"]).to_numpy(float)
+        status[np.isnan(quality)] = "not_in_csv"
     else:
         raise ValueError(f"unknown label method {method!r}; expected serfiq, sddfiqa, crfiqa, csv")
-    labels = rows[["path", "dataset", "identity", "split"]].assign(quality=quality)
+    singleton = rows.groupby(["dataset", "identity"])["path"].transform("size").to_numpy() == 1
+    status[(status == "ok") & np.isnan(quality) & singleton] = "singleton_identity"
+    status[(status == "ok") & np.isnan(quality)] = "no_label"
+    labels = rows[["path", "dataset", "identity", "split"]].assign(quality=quality,
+                                                                  status=status)
+    for r in labels[~labels["status"].isin(["ok", "singleton_identity"])].itertuples():
+        log.warning("labels %s: %s/%s has no label: %s", method, r.dataset, r.path, r.status)
     out = labels_path(params, method)
     out.parent.mkdir(parents=True, exist_ok=True)
     gate = labels
@@ -332,10 +346,8 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
     summary = {
         "count": int(q.notna().sum()),
         "missing": int(q.isna().sum()),
-        "missing_singleton_identity": int(
-            (q.isna() & (labels.groupby(["dataset", "identity"])["path"].transform("size") == 1))
-            .sum()
-        ),
+        "missing_singleton_identity": int((labels["status"] == "singleton_identity").sum()),
+        "missing_other": int((q.isna() & ~labels["status"].isin(["singleton_identity"])).sum()),
         "min": float(q.min()),
         "median": float(q.median()),
         "max": float(q.max()),

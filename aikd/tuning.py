@@ -137,7 +137,7 @@ class TuneSettings:
     train_images: int = 1000
     val_images: int = 200
     val_per_identity: int = 8  # cap, so one large identity cannot fill the val subset
-    teacher_cache: bool = True  # read data/embeddings/<ds>/<detector>_<backbone>.parquet
+    teacher_cache: bool = True  # read data/embeddings/<detector>/<ds>_<backbone>.parquet
     space: dict[str, dict[str, Any]] | None = None  # None: default_space(jitter units)
     #: SWALR anneals to swa_lr for the second half of a run; tie it to lr so "the learning
     #: rate" is what the official config means (lr = swa_lr = 0.05).
@@ -300,10 +300,10 @@ def _paths(params: Mapping[str, Any]) -> dict[str, Any]:
     embed = params.get("embed") or {}
     return {
         "manifest": lambda ds: _section_dir(params, "manifest", "data/manifests") / f"{ds}.parquet",
-        "landmarks": lambda ds, det: _section_dir(params, "landmarks", "data/landmarks") / ds
-        / f"{det}.parquet",
-        "embeddings": lambda ds, det: _section_dir(params, "embed", "data/embeddings") / ds
-        / f"{det}_{embed.get('backbone', 'dlib_resnet')}.parquet",
+        "landmarks": lambda ds, det: _section_dir(params, "landmarks", "data/landmarks") / det
+        / f"{ds}.parquet",
+        "embeddings": lambda ds, det: _section_dir(params, "embed", "data/embeddings") / det
+        / f"{ds}_{embed.get('backbone', 'dlib_resnet')}.parquet",
         "labels": lambda m: _section_dir(params, "labels", "data/labels") / f"{m}.parquet",
     }
 

@@ -36,8 +36,8 @@ from aikd.distill.train import teacher_embed_rows, train_distill
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {
-    "lfw": (REPO / "data/manifests/lfw.parquet", REPO / "data/landmarks/lfw/reference.parquet"),
-    "ytf": (REPO / "data/manifests/ytf.parquet", REPO / "data/landmarks/ytf/reference.parquet"),
+    "lfw": (REPO / "data/manifests/lfw.parquet", REPO / "data/landmarks/reference/lfw.parquet"),
+    "ytf": (REPO / "data/manifests/ytf.parquet", REPO / "data/landmarks/reference/ytf.parquet"),
 }
 
 

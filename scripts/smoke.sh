@@ -31,8 +31,10 @@ def merge(base, over):
 
 
 merge(params, smoke)
-for ds in params["datasets"].values():  # the demo data sits beside the original checkout
-    ds["root"] = str((repo / ds["root"]).resolve())
+for ds in params["datasets"].values():
+    if (repo / ds["root"]).exists():  # the demo data sits beside the original checkout
+        ds["root"] = str((repo / ds["root"]).resolve())
+    # other roots are made in the copy (the drill data set)
 params["mlflow"]["tracking_uri"] = f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
 Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 PY
@@ -40,8 +42,10 @@ mkdir -p mlruns
 export PATH="$repo/.venv/bin:$PATH" MLFLOW_TRACKING_URI="sqlite:///$work/mlruns/mlflow.db" \
   PYTHONPATH="$work"  # the copy's code, not the editable install's
 start=$(date +%s)
+python scripts/drill_data.py make
 dvc repro
 git add -A >/dev/null && dvc status
 dvc metrics show
+python scripts/drill_data.py check
 echo "smoke: whole DAG in $(( $(date +%s) - start )) s in $work"
 if [ -z "${1:-}" ]; then rm -rf "$work"; fi

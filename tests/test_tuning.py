@@ -177,12 +177,17 @@ def tiny_project(tmp_path_factory, lfw_root, lfw_reference):
         root=str(lfw_root), dataset="lfw", in_eval_pairs=False)
     (root / "manifests").mkdir()
     manifest.to_parquet(root / "manifests" / "lfw.parquet")
-    (root / "landmarks" / "lfw").mkdir(parents=True)
+    # Written where the pipeline's stages put them (aikd.tuning mirrors that layout).
+    from aikd.stages import embeddings_path, landmarks_path
+    layout = {"landmarks": {"out_dir": str(root / "landmarks")},
+              "embed": {"out_dir": str(root / "embeddings"), "backbone": "dlib_resnet"}}
+    for det in ("reference", "shifted"):
+        landmarks_path(layout, "lfw", det).parent.mkdir(parents=True)
     marks = rows[["path", *POINTS]].assign(status="ok")
-    marks.to_parquet(root / "landmarks" / "lfw" / "reference.parquet")
+    marks.to_parquet(landmarks_path(layout, "lfw", "reference"))
     shifted = marks[rows["split"] == "val"].copy()  # a "detector" 0-2 px off the reference
     shifted[POINTS] += np.random.default_rng(5).uniform(-2, 2, (len(shifted), 10))
-    shifted.to_parquet(root / "landmarks" / "lfw" / "shifted.parquet")
+    shifted.to_parquet(landmarks_path(layout, "lfw", "shifted"))
     (root / "labels").mkdir()
     pd.DataFrame({"path": rows["path"],  # test labels: seeded random numbers
                   "quality": np.random.default_rng(3).uniform(0.1, 0.9, len(rows))}
@@ -194,7 +199,7 @@ def tiny_project(tmp_path_factory, lfw_root, lfw_reference):
 
     torch.set_num_threads(1)
     embed_table(load_backbone("dlib_resnet"), rows.assign(root=str(lfw_root)),
-                root / "embeddings" / "lfw" / "reference_dlib_resnet.parquet", progress=False)
+                embeddings_path(layout, "lfw", "reference"), progress=False)
     params = {
         "seed": 0,
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "tune-test",

@@ -81,22 +81,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_registry_cli(args)
     params = load_params(args.params, args.set)
-    from aikd import stages
-
     if args.command == "manifest":
+        from aikd.data.stage import manifest_stage
+
         for ds in args.dataset:
-            stages.manifest_stage(params, ds)
+            manifest_stage(params, ds)
     elif args.command == "landmarks":
+        from aikd.landmarks.stage import landmarks_stage
+
         for det in args.detector:
-            stages.landmarks_stage(params, args.dataset, det)
+            landmarks_stage(params, args.dataset, det)
     elif args.command == "embed":
+        from aikd.embed import embed_stage
+
         for det in args.detector:
-            stages.embed_stage(params, args.dataset, det)
+            embed_stage(params, args.dataset, det)
     elif args.command == "landmark-report":
-        stages.landmark_report_stage(params)
+        from aikd.landmarks.stage import landmark_report_stage
+
+        landmark_report_stage(params)
     elif args.command == "labels":
+        from aikd.fiqa.stage import labels_stage
+
         for method in args.method:
-            stages.labels_stage(params, method)
+            labels_stage(params, method)
     elif args.command == "distill":
         from aikd.distill.stage import distill_stage
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from aikd.align import align_to_template
+from aikd.config import section
 from aikd.data.images import ImageReadError, read_rgb
 from aikd.data.io import read_vectors, vectors_table, write_parquet_atomic
 from aikd.landmarks.base import POINT_COLUMNS
+from aikd.paths import embeddings_path, landmarks_path, manifest_path
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +152,31 @@ def embed_table(
     for r in failed.itertuples():
         log.warning("embed %s: %s", r.path, r.message)
     return meta, vectors, failed
+
+
+def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
+    """DVC stage ``embed@<dataset>-<detector>``: embed every face a detector found, aligned
+    to the backbone's template (resumable)."""
+    import mlflow
+
+    from aikd.models import load_backbone
+    from aikd.tracking import stage_run
+
+    cfg = section(params, "embed")
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    manifest = pd.read_parquet(manifest_path(params, dataset))
+    marks = pd.read_parquet(landmarks_path(params, dataset, detector))
+    rows = manifest[["root", "path"]].merge(marks[marks["status"] == "ok"], on="path")
+    model = load_backbone(cfg["backbone"]).eval().to(memory_format=torch.channels_last)
+    out = embeddings_path(params, dataset, detector)
+    meta, vectors, failed = embed_table(
+        model, rows, out, batch_size=int(cfg.get("batch_size", 64)),
+        workers=int(cfg.get("workers", 1)),
+    )
+    failed.to_csv(out.with_name(out.stem + "_failures.csv"), index=False)
+    with stage_run("embed", params, run_name=f"embed-{dataset}-{detector}",
+                   log_params={"dataset": dataset, "detector": detector, **cfg}):
+        mlflow.log_metrics({"embed.images": len(meta), "embed.failures": len(failed),
+                            "embed.skipped_no_landmarks": int((marks["status"] != "ok").sum())})
+    print(f"embed {dataset}/{detector}: {len(meta)} faces, {len(failed)} failures")
+    return out

@@ -26,6 +26,8 @@ from tqdm import tqdm
 from aikd.config import section
 from aikd.data.io import write_parquet_atomic
 from aikd.embed import iter_aligned, landmarks_array
+from aikd.evaluation.tables import method_columns
+from aikd.paths import quality_path
 
 log = logging.getLogger("aikd")
 
@@ -199,8 +201,8 @@ def score_faces(
 
 def eval_rows(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
     """The images the benchmarks of ``dataset`` compare (``root``, ``path``), sorted."""
-    from aikd.evaluation.stage import benchmark_pairs, benchmarks_of
-    from aikd.stages import manifest_path
+    from aikd.evaluation.benchmarks import benchmark_pairs, benchmarks_of
+    from aikd.paths import manifest_path
 
     manifest = pd.read_parquet(manifest_path(params, dataset))
     used: set[str] = set()
@@ -215,10 +217,6 @@ def eval_rows(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
     return rows[["root", "path"]].sort_values("path").reset_index(drop=True)
 
 
-def quality_path(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
-    return Path(section(params, "quality")["out_dir"]) / dataset / f"{detector}.parquet"
-
-
 def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     """(scorers, template, signature) for the quality stage.
 
@@ -226,11 +224,11 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     directly to the images (``quality.direct``: SER-FIQ needs no training), and the
     ``quality.baselines`` anchors (``flip``, ``sharpness``).
     """
+    from aikd.data.io import file_md5
     from aikd.distill import load_quality_model
     from aikd.distill.stage import run_dir
     from aikd.fiqa import serfiq_scores, sharpness
     from aikd.models import load_backbone
-    from aikd.stages import file_md5
 
     cfg = section(params, "quality")
     sig: dict[str, Any] = {"backbone": section(params, "embed")["backbone"]}
@@ -272,7 +270,7 @@ def quality_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.
     """Write data/quality/<dataset>/<detector>.parquet for every quality method."""
     import mlflow
 
-    from aikd.stages import landmarks_path
+    from aikd.paths import landmarks_path
     from aikd.tracking import stage_run
 
     cfg = section(params, "quality")
@@ -300,18 +298,5 @@ def quality_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.
     return table
 
 
-def method_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in ("path", "status")]
-
-
-def split_method(column: str) -> tuple[str, str]:
-    """``sddfiqa-T`` -> (sddfiqa, T); an anchor like ``flip`` -> (flip, -)."""
-    from aikd.evaluation.tables import CONTEXT_VARIANT
-
-    method, sep, variant = column.rpartition("-")
-    return (method, variant) if sep and variant in ("B", "T") else (column, CONTEXT_VARIANT)
-
-
 __all__: Sequence[str] = ["ColumnScorer", "SharedTrunkScorer", "build_scorers", "eval_rows",
-                          "method_columns", "quality_path", "quality_stage", "score_faces",
-                          "shared_blocks", "split_method"]
+                          "quality_stage", "score_faces", "shared_blocks"]

@@ -291,23 +291,6 @@ class SweepData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _section_dir(params: Mapping[str, Any], name: str, default: str) -> Path:
-    return Path(str((params.get(name) or {}).get("out_dir", default)))
-
-
-def _paths(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline's file layout (mirrors aikd.stages, which is slow to import)."""
-    embed = params.get("embed") or {}
-    return {
-        "manifest": lambda ds: _section_dir(params, "manifest", "data/manifests") / f"{ds}.parquet",
-        "landmarks": lambda ds, det: _section_dir(params, "landmarks", "data/landmarks") / det
-        / f"{ds}.parquet",
-        "embeddings": lambda ds, det: _section_dir(params, "embed", "data/embeddings") / det
-        / f"{ds}_{embed.get('backbone', 'dlib_resnet')}.parquet",
-        "labels": lambda m: _section_dir(params, "labels", "data/labels") / f"{m}.parquet",
-    }
-
-
 def _need(path: Path, what: str, hint: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path} ({hint})")
@@ -347,23 +330,24 @@ def load_sweep_data(params: Mapping[str, Any], settings: TuneSettings) -> SweepD
     ``data/labels/<method>.parquet`` (rows without a finite label are dropped and counted).
     """
     from aikd.distill.data import load_rows, read_labels
+    from aikd.paths import embeddings_path, labels_path, landmarks_path, manifest_path
 
-    paths = _paths(params)
     datasets = settings.datasets or list((params.get("labels") or {}).get("datasets")
                                          or ["lfw", "ytf"])
     ref = str((params.get("landmarks") or {}).get("training_detector", "reference"))
     hint = "run the pipeline first: dvc repro"
-    labels = read_labels(_need(paths["labels"](settings.label_method),
+    labels = read_labels(_need(labels_path(params, settings.label_method),
                                f"labels of {settings.label_method!r}",
                                f"dvc repro labels@{settings.label_method}"))
     quality = labels.set_index("path")["quality"]
     frames: dict[str, list[pd.DataFrame]] = {"train": [], "val": []}
     info: dict[str, Any] = {"datasets": datasets, "label_method": settings.label_method}
     for ds in datasets:
-        manifest = pd.read_parquet(_need(paths["manifest"](ds), f"{ds} manifest", hint))
+        manifest = pd.read_parquet(_need(manifest_path(params, ds), f"{ds} manifest", hint))
         if "in_eval_pairs" in manifest.columns:
             manifest = manifest[~manifest["in_eval_pairs"].astype(bool)]
-        marks = pd.read_parquet(_need(paths["landmarks"](ds, ref), f"{ds} {ref} landmarks", hint))
+        marks = pd.read_parquet(_need(landmarks_path(params, ds, ref), f"{ds} {ref} landmarks",
+                                      hint))
         for split in frames:
             rows = load_rows(manifest, marks, split)
             rows["root"] = [str(Path(r).resolve()) for r in rows["root"]]
@@ -383,7 +367,7 @@ def load_sweep_data(params: Mapping[str, Any], settings: TuneSettings) -> SweepD
                             settings.seed)
     tables: dict[str, pd.DataFrame] = {}
     for det in settings.detectors:
-        parts = [pd.read_parquet(_need(paths["landmarks"](ds, det), f"{ds} {det} landmarks",
+        parts = [pd.read_parquet(_need(landmarks_path(params, ds, det), f"{ds} {det} landmarks",
                                        f"add {det} to landmarks.detectors and dvc repro"))
                  for ds in datasets]
         table = pd.concat(parts, ignore_index=True)
@@ -395,7 +379,7 @@ def load_sweep_data(params: Mapping[str, Any], settings: TuneSettings) -> SweepD
     if settings.teacher_cache:
         from aikd.distill.train import read_teacher_cache
 
-        files = [_need(paths["embeddings"](ds, ref), f"{ds} teacher embeddings",
+        files = [_need(embeddings_path(params, ds, ref), f"{ds} teacher embeddings",
                        "dvc repro embed, or tune.teacher_cache: false") for ds in datasets]
         wanted = set(train["path"]) | set(val["path"])
         cache = {p: v for p, v in read_teacher_cache(files).items() if p in wanted}

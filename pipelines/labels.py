@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.stages import labels_stage
+from aikd.fiqa.stage import labels_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__, "method")

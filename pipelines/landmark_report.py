@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.stages import landmark_report_stage
+from aikd.landmarks.stage import landmark_report_stage
 
 if __name__ == "__main__":
     _, params = stage_args(__doc__)

@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.stages import landmarks_stage
+from aikd.landmarks.stage import landmarks_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__, "dataset", "detector")

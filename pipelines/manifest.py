@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.stages import manifest_stage
+from aikd.data.stage import manifest_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__, "dataset")

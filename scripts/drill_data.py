@@ -77,9 +77,8 @@ def _broken(frame: pd.DataFrame, column: str = "path") -> pd.DataFrame:
 
 def check(params: dict, dataset: str) -> list[str]:
     """Every problem found; an empty list means every stage handled every broken file."""
-    from aikd.evaluation.stage import benchmarks_of
-    from aikd.quality import quality_path
-    from aikd.stages import embeddings_path, labels_path, landmarks_path, manifest_path
+    from aikd.evaluation.benchmarks import benchmarks_of
+    from aikd.paths import embeddings_path, labels_path, landmarks_path, manifest_path, quality_path
 
     problems: list[str] = []
     lines: list[str] = []

@@ -12,8 +12,9 @@ import torch
 
 from aikd.distill.data import LabelNorm
 from aikd.distill.model import QualityHead, QualityModel
+from aikd.evaluation.tables import split_method
 from aikd.fiqa import flip_consistency
-from aikd.quality import ColumnScorer, SharedTrunkScorer, score_faces, shared_blocks, split_method
+from aikd.quality import ColumnScorer, SharedTrunkScorer, score_faces, shared_blocks
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,7 @@ def tiny_project(tmp_path_factory, lfw_root, lfw_reference):
     (root / "manifests").mkdir()
     manifest.to_parquet(root / "manifests" / "lfw.parquet")
     # Written where the pipeline's stages put them (aikd.tuning mirrors that layout).
-    from aikd.stages import embeddings_path, landmarks_path
+    from aikd.paths import embeddings_path, landmarks_path
     layout = {"landmarks": {"out_dir": str(root / "landmarks")},
               "embed": {"out_dir": str(root / "embeddings"), "backbone": "dlib_resnet"}}
     for det in ("reference", "shifted"):

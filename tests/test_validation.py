@@ -54,3 +54,7 @@ def test_label_gate():
     assert not report.success
     text = report.to_markdown()
     assert "quality_finite" in text and "unique" in text and "not_be_null" in text
+    # The report names the files whose label is missing, so they can be looked at.
+    null_row = next(line for line in text.splitlines() if "not_be_null" in line)
+    assert all(f"p{i}: nan" in null_row for i in (3, 4, 5)), null_row
+    assert "p6" not in null_row  # a good row

@@ -80,19 +80,29 @@ def validate(df: pd.DataFrame, name: str, expectations: Sequence[Any]) -> Valida
     suite = gx.ExpectationSuite(name=name)
     for exp in expectations:
         suite.add_expectation(exp)
-    result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite)
+    # With a `path` column, failing rows are reported by file, not only by value.
+    fmt: dict[str, Any] = {"result_format": "SUMMARY"}
+    if "path" in df.columns:
+        fmt["unexpected_index_column_names"] = ["path"]
+    result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(
+        suite, result_format=fmt)
     failures = []
     for r in result.results:
         if r.success:
             continue
         cfg = r.expectation_config
         res = r.result or {}
+        column = cfg.kwargs.get("column", cfg.kwargs.get("column_list", ""))
+        rows = res.get("partial_unexpected_index_list") or []
+        examples = ([f"{row['path']}: {row.get(column, '')}" for row in rows[:5]]
+                    if rows and isinstance(rows[0], dict) and "path" in rows[0]
+                    else (res.get("partial_unexpected_list") or [])[:5])
         failures.append(
             {
                 "expectation": cfg.type,
-                "column": cfg.kwargs.get("column", cfg.kwargs.get("column_list", "")),
+                "column": column,
                 "unexpected": res.get("unexpected_count", res.get("observed_value", "")),
-                "examples": (res.get("partial_unexpected_list") or [])[:5],
+                "examples": examples,
             }
         )
     return ValidationReport(name, bool(result.success), len(df), failures, len(result.results))

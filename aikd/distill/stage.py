@@ -77,8 +77,9 @@ def work_dir(params: Mapping[str, Any], run: str) -> Path:
 
 def _labelled_rows(params: Mapping[str, Any], method: str) -> tuple[pd.DataFrame, int]:
     """Training-detector rows of the label data sets that have a finite label."""
+    from aikd.data.training import training_rows
     from aikd.distill.data import read_labels
-    from aikd.stages import labels_path, training_rows
+    from aikd.paths import labels_path
 
     rows = training_rows(params)
     labels = read_labels(labels_path(params, method))
@@ -88,7 +89,7 @@ def _labelled_rows(params: Mapping[str, Any], method: str) -> tuple[pd.DataFrame
 
 
 def _val_landmarks(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
-    from aikd.stages import landmarks_path
+    from aikd.paths import landmarks_path
 
     tables: dict[str, pd.DataFrame] = {}
     for det in section(params, "distill").get("val_detectors") or []:
@@ -106,7 +107,7 @@ def distill_stage(params: Mapping[str, Any], run: str, *, resume: bool = True) -
     """Train one run into ``<out_dir>/<run>/``; an interrupted run resumes from its last
     checkpoint (``resume``) unless its config changed, which starts it over."""
     from aikd.distill.train import train_distill
-    from aikd.stages import embeddings_path
+    from aikd.paths import embeddings_path
     from aikd.tracking import stage_run
 
     spec = run_spec(params, run)

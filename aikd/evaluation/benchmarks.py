@@ -8,12 +8,14 @@ keeps LFW's 10-fold split (0 where a benchmark has none).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from aikd.config import section
 from aikd.data.pairs import read_lfw_pairs, read_pairs_csv
 
 __all__ = [
@@ -210,3 +212,24 @@ def pair_scores(
     similarity = np.einsum("ij,ij->i", unit[a], unit[b])
     kept = pairs[keep].reset_index(drop=True)
     return PairScores(kept, similarity, int((~keep).sum()))
+
+
+def _benchmarks(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``evaluate.benchmarks`` of the params: name -> {kind, dataset, ...}."""
+    return {k: dict(v) for k, v in (section(params, "evaluate").get("benchmarks") or {}).items()}
+
+
+def benchmarks_of(params: Mapping[str, Any], dataset: str) -> list[str]:
+    """The benchmarks whose pairs are images of ``dataset``."""
+    return [b for b, c in _benchmarks(params).items() if c.get("dataset", b) == dataset]
+
+
+def benchmark_pairs(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
+    """The pairs the ``pairs@<benchmark>`` stage wrote."""
+    from aikd.paths import pairs_path
+
+    path = pairs_path(params, benchmark)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pairs of benchmark {benchmark!r} not written yet; "
+                                f"run `dvc repro pairs@{benchmark}`")
+    return pd.read_parquet(path)

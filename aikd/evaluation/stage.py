@@ -21,36 +21,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from aikd.config import section
+from aikd.evaluation.benchmarks import _benchmarks, benchmark_pairs
+from aikd.paths import pairs_path
 
 log = logging.getLogger("aikd")
 
 CURVE_KEYS = ["fr_model", "detector", "benchmark", "method", "variant"]
 
 
-def _benchmarks(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {k: dict(v) for k, v in (section(params, "evaluate").get("benchmarks") or {}).items()}
-
-
-def benchmarks_of(params: Mapping[str, Any], dataset: str) -> list[str]:
-    return [b for b, c in _benchmarks(params).items() if c.get("dataset", b) == dataset]
-
-
-def pairs_path(params: Mapping[str, Any], benchmark: str) -> Path:
-    return Path(section(params, "evaluate")["pairs_dir"]) / f"{benchmark}.parquet"
-
-
-def benchmark_pairs(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
-    path = pairs_path(params, benchmark)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pairs of benchmark {benchmark!r} not written yet; "
-                                f"run `dvc repro pairs@{benchmark}`")
-    return pd.read_parquet(path)
-
-
 def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
     """Write the benchmark's pairs: ``kind`` lfw (View 2), ytf (test identities) or csv."""
     from aikd.evaluation.benchmarks import lfw_pairs, user_pairs, ytf_pairs
-    from aikd.stages import manifest_path
+    from aikd.paths import manifest_path
 
     benches = _benchmarks(params)
     if benchmark not in benches:
@@ -116,8 +98,8 @@ def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         no_quality_curve,
         paired_pauc_difference,
     )
-    from aikd.quality import method_columns, quality_path, split_method
-    from aikd.stages import embeddings_path
+    from aikd.evaluation.tables import method_columns, split_method
+    from aikd.paths import embeddings_path, quality_path
 
     cfg = section(params, "evaluate")
     fr_model = section(params, "embed")["backbone"]

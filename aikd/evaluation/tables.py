@@ -49,6 +49,19 @@ RESULT_COLUMNS = [
 ]
 REFERENCE_DETECTOR = "reference"
 CONTEXT_VARIANT = "-"
+
+
+def method_columns(table: pd.DataFrame) -> list[str]:
+    """The quality-method columns of a quality table (all but ``path`` and ``status``)."""
+    return [c for c in table.columns if c not in ("path", "status")]
+
+
+def split_method(column: str) -> tuple[str, str]:
+    """``sddfiqa-T`` -> (sddfiqa, T); an anchor like ``flip`` -> (flip, -)."""
+    method, sep, variant = column.rpartition("-")
+    return (method, variant) if sep and variant in ("B", "T") else (column, CONTEXT_VARIANT)
+
+
 _CELL_KEYS = ["fr_model", "detector", "benchmark", "method", "fmr", "threshold"]
 _VARIANT_ORDER = {"B": 0, "T": 1}
 

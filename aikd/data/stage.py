@@ -1,0 +1,81 @@
+"""DVC stage ``manifest@<dataset>``: list a data set's images, split them, validate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from aikd.config import section
+from aikd.data.io import file_md5
+from aikd.data.manifest import build_manifest
+from aikd.data.validation import validate_manifest
+from aikd.paths import manifest_path
+from aikd.tracking import stage_run
+
+log = logging.getLogger("aikd")
+
+
+def _dataset_cfg(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    datasets = section(params, "datasets")
+    if dataset not in datasets:
+        raise KeyError(f"dataset {dataset!r} is not in params 'datasets' ({', '.join(datasets)})")
+    return dict(datasets[dataset])
+
+
+def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
+    """Write data/manifests/<dataset>.parquet (+ _rejected.csv, validation report)."""
+    cfg = _dataset_cfg(params, dataset)
+    out = manifest_path(params, dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = build_manifest(
+        cfg["kind"],
+        cfg["root"],
+        fractions=cfg.get("splits", {"train": 0.8, "val": 0.1, "test": 0.1}),
+        seed=int(params.get("seed", 0)),
+        dataset=dataset,
+    )
+    if cfg.get("subset"):  # e.g. the smoke profile: {identities: 8, max_images: 4}
+        from aikd.data.manifest import subset_manifest
+
+        sub = dict(cfg["subset"])
+        res = dataclasses.replace(res, manifest=subset_manifest(
+            res.manifest, identities=int(sub["identities"]), max_images=sub.get("max_images"),
+            seed=int(params.get("seed", 0))))
+    report = validate_manifest(res.manifest, dataset)
+    report_path = report.write(out.parent / f"{dataset}_validation.md")
+    rejected_path = out.parent / f"{dataset}_rejected.csv"
+    res.rejected.to_csv(rejected_path, index=False)
+    counts = res.manifest.groupby("split").size().to_dict()
+    summary = {
+        "images": len(res.manifest),
+        "identities": int(res.manifest["identity"].nunique()),
+        "rejected": len(res.rejected),
+        **{f"split_{k}": int(v) for k, v in counts.items()},
+    }
+    (out.parent / f"{dataset}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Hashes of the data set's side files (reference landmarks, pairs lists): stages that
+    # read them depend on this file, so an edited landmark file re-runs them.
+    sources = {f.name: file_md5(f) for f in sorted(Path(cfg["root"]).glob("*")) if f.is_file()}
+    (out.parent / f"{dataset}_sources.json").write_text(json.dumps(sources, indent=2) + "\n")
+    with stage_run(
+        "manifest",
+        params,
+        run_name=f"manifest-{dataset}",
+        log_params={"dataset": cfg, "seed": params.get("seed", 0)},
+    ):
+        mlflow.log_metrics({f"manifest.{k}": float(v) for k, v in summary.items()})
+        mlflow.log_artifact(str(report_path))
+        mlflow.log_artifact(str(rejected_path))
+    for _, row in res.rejected.iterrows():
+        log.warning("%s: skipped (%s)", Path(cfg["root"]) / row["path"], row["reason"])
+    report.raise_for_failure()
+    res.manifest.to_parquet(out, index=False)
+    print(f"manifest {dataset}: {summary}")
+    return res.manifest

@@ -1,0 +1,26 @@
+"""The images a quality model may learn from, shared by the labels and distill stages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from aikd.config import section
+from aikd.paths import landmarks_path, manifest_path
+
+
+def training_rows(params: Mapping[str, Any]) -> pd.DataFrame:
+    """Images the quality model may learn from: non-evaluation splits of the training data
+    sets, with their training-detector landmarks (`ok` rows only)."""
+    cfg = section(params, "labels")
+    detector = section(params, "landmarks").get("training_detector", "reference")
+    frames = []
+    for ds in cfg["datasets"]:
+        manifest = pd.read_parquet(manifest_path(params, ds))
+        marks = pd.read_parquet(landmarks_path(params, ds, detector))
+        rows = manifest[manifest["split"].isin(cfg["splits"]) & ~manifest["in_eval_pairs"]]
+        rows = rows.merge(marks[marks["status"] == "ok"].drop(columns=["dataset"]), on="path")
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,133 @@
+"""DVC stage ``labels@<method>``: pseudo quality labels of the training images."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from aikd.config import section
+from aikd.data.io import write_parquet_atomic
+from aikd.data.training import training_rows
+from aikd.paths import embeddings_path, labels_path
+from aikd.tracking import stage_run
+
+log = logging.getLogger("aikd")
+
+
+def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, cfg: Mapping[str, Any]):
+    import torch
+
+    from aikd.embed import iter_aligned, landmarks_array
+    from aikd.fiqa import serfiq_scores
+    from aikd.models import load_backbone
+
+    s = dict(cfg.get("serfiq", {}))
+    model = load_backbone(section(params, "embed")["backbone"]).eval()
+    files = [str(Path(r) / p) for r, p in zip(rows["root"], rows["path"], strict=True)]
+    quality = np.full(len(rows), np.nan)
+    status = np.full(len(rows), "ok", dtype=object)
+    seed = int(params.get("seed", 0))
+    torch.manual_seed(seed)
+    batches = iter_aligned(files, landmarks_array(rows), model.template, batch_size=128)
+    for b, (idx, batch, bad) in enumerate(tqdm(batches, desc="serfiq", unit="batch",
+                                              total=(len(rows) + 127) // 128)):
+        for i, msg in bad:
+            status[i] = msg
+        if batch is not None:
+            quality[np.asarray(idx)] = serfiq_scores(
+                model, batch, T=int(s.get("T", 100)), rate=float(s.get("rate", 0.5)),
+                placement=s.get("placement", "pooled"), dropout=s.get("dropout", "element"),
+                seed=seed + b,
+            )
+    return quality, status
+
+
+def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
+    """Pseudo quality labels of one FIQA method on the reference-aligned training images."""
+    import warnings
+
+    from aikd.data.io import read_vectors
+    from aikd.data.validation import validate_labels
+    from aikd.fiqa import crfiqa_labels, import_label_csv, sddfiqa_labels
+
+    cfg = section(params, "labels")
+    rows = training_rows(params)
+    detector = section(params, "landmarks").get("training_detector", "reference")
+    quality = np.full(len(rows), np.nan)
+    status = np.full(len(rows), "ok", dtype=object)  # why a row has no label
+    unmatched = pd.DataFrame()
+    if method in ("sddfiqa", "crfiqa"):
+        for ds, idx in rows.groupby("dataset").groups.items():
+            meta, vectors = read_vectors(embeddings_path(params, str(ds), detector))
+            pos = pd.Series(np.arange(len(meta)), index=meta["path"])
+            sub = rows.loc[idx]
+            have = sub["path"].isin(pos.index).to_numpy()
+            status[np.asarray(idx)[~have]] = "no_embedding (see the embed stage's failures)"
+            emb = vectors[pos[sub["path"][have]].to_numpy()]
+            ids = sub["identity"][have].to_numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # singletons are counted below
+                if method == "sddfiqa":
+                    s = cfg.get("sddfiqa", {})
+                    q = sddfiqa_labels(emb, ids, m=int(s.get("m", 24)), k=int(s.get("k", 12)),
+                                       seed=int(params.get("seed", 0)))
+                else:
+                    q = crfiqa_labels(emb, ids, variant=cfg.get("crfiqa", {}).get("variant",
+                                                                                 "paper"))
+            quality[np.asarray(idx)[have]] = q
+    elif method == "serfiq":
+        quality, status = _serfiq_labels(params, rows, cfg)
+    elif method == "csv":
+        src = cfg.get("csv", {}).get("path")
+        if not src:
+            raise ValueError("labels.csv.path is not set in params")
+        imported, unmatched = import_label_csv(src, rows)
+        quality = rows["path"].map(imported.set_index("path")["quality"]).to_numpy(float)
+        status[np.isnan(quality)] = "not_in_csv"
+    else:
+        raise ValueError(f"unknown label method {method!r}; expected serfiq, sddfiqa, crfiqa, csv")
+    singleton = rows.groupby(["dataset", "identity"])["path"].transform("size").to_numpy() == 1
+    status[(status == "ok") & np.isnan(quality) & singleton] = "singleton_identity"
+    status[(status == "ok") & np.isnan(quality)] = "no_label"
+    labels = rows[["path", "dataset", "identity", "split"]].assign(quality=quality,
+                                                                  status=status)
+    for r in labels[~labels["status"].isin(["ok", "singleton_identity"])].itertuples():
+        log.warning("labels %s: %s/%s has no label: %s", method, r.dataset, r.path, r.status)
+    out = labels_path(params, method)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gate = labels
+    if method in ("sddfiqa", "crfiqa"):
+        # Both compare an image with the person's other images: a singleton identity has no
+        # label by construction (counted in the summary), so coverage is gated on the rest.
+        sizes = labels.groupby(["dataset", "identity"])["path"].transform("size")
+        gate = labels[sizes > 1]
+    report = validate_labels(gate, method, float(cfg.get("min_coverage", 0.8)))
+    report_path = report.write(out.with_name(f"{method}_validation.md"))
+    q = labels["quality"]
+    summary = {
+        "count": int(q.notna().sum()),
+        "missing": int(q.isna().sum()),
+        "missing_singleton_identity": int((labels["status"] == "singleton_identity").sum()),
+        "missing_other": int((q.isna() & ~labels["status"].isin(["singleton_identity"])).sum()),
+        "min": float(q.min()),
+        "median": float(q.median()),
+        "max": float(q.max()),
+        "unmatched_csv_rows": len(unmatched),
+    }
+    (out.with_name(f"{method}_summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
+    with stage_run("labels", params, run_name=f"labels-{method}",
+                   log_params={"method": method, **cfg}):
+        mlflow.log_metrics({f"labels.{k}": float(v) for k, v in summary.items()})
+        mlflow.log_artifact(str(report_path))
+    print(f"labels {method}: {summary}")
+    report.raise_for_failure()
+    write_parquet_atomic(labels, out)
+    return labels

@@ -1,0 +1,116 @@
+"""DVC stages ``landmarks@<dataset>-<detector>`` and ``landmark_report``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from aikd.config import section
+from aikd.data.validation import validate_landmarks
+from aikd.paths import landmarks_path, manifest_path
+from aikd.tracking import stage_run
+
+log = logging.getLogger("aikd")
+
+
+def landmark_rows(params: Mapping[str, Any], manifest: pd.DataFrame, detector: str) -> pd.DataFrame:
+    """Which images a detector runs on: all for the training detector, else some splits."""
+    cfg = section(params, "landmarks")
+    if detector == cfg.get("training_detector", "reference"):
+        return manifest
+    splits = cfg.get("other_detector_splits") or ["train", "val", "test"]
+    return manifest[manifest["split"].isin(splits)].reset_index(drop=True)
+
+
+def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.DataFrame:
+    """Detect 5 landmarks with one detector on one data set (resumable), then validate."""
+    from aikd.landmarks import run_landmarks
+
+    cfg = section(params, "landmarks")
+    manifest = pd.read_parquet(manifest_path(params, dataset))
+    rows = landmark_rows(params, manifest, detector)
+    out = landmarks_path(params, dataset, detector)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = run_landmarks(
+        rows,
+        detector,
+        out,
+        batch_size=int(cfg.get("batch_size", 32)),
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)),
+        threads=int(cfg.get("threads", 2)),
+    )
+    report = validate_landmarks(
+        table, manifest, f"{dataset}_{detector}", float(cfg.get("max_failure_rate", 0.2))
+    )
+    report_path = report.write(out.with_name(f"{dataset}_validation.md"))
+    status = table["status"].value_counts().to_dict()
+    with stage_run(
+        "landmarks",
+        params,
+        run_name=f"landmarks-{dataset}-{detector}",
+        log_params={"dataset": dataset, "detector": detector, **cfg},
+    ):
+        mlflow.log_metrics({f"landmarks.{k}": float(v) for k, v in status.items()})
+        mlflow.log_metric("landmarks.found_share", status.get("ok", 0) / max(len(table), 1))
+        mlflow.log_artifact(str(report_path))
+    for _, row in table[table["status"] != "ok"].head(20).iterrows():
+        log.warning("%s %s: %s %s", detector, row["path"], row["status"], row.get("message", ""))
+    print(f"landmarks {dataset}/{detector}: {status}")
+    report.raise_for_failure()
+    return table
+
+
+def landmark_report_stage(params: Mapping[str, Any]) -> pd.DataFrame:
+    """Detector agreement: found share and NME to `reference`, per data set and detector."""
+    from aikd.landmarks import landmark_agreement, plot_nme
+
+    cfg = section(params, "landmark_report")
+    detectors = list(section(params, "landmarks")["detectors"])
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, list[pd.DataFrame]] = {d: [] for d in detectors}
+    for dataset in section(params, "datasets"):
+        for det in detectors:
+            path = landmarks_path(params, dataset, det)
+            if path.is_file():
+                tables[det].append(pd.read_parquet(path))
+    merged = {d: pd.concat(t, ignore_index=True) for d, t in tables.items() if t}
+    if "reference" not in merged:
+        raise ValueError("landmark_report needs the 'reference' detector in landmarks.detectors")
+    reference = merged["reference"]
+    others = {d: t for d, t in merged.items() if d != "reference"}
+    table = landmark_agreement({"reference": reference, **others}, reference)
+    table.to_csv(out_dir / "agreement.csv", index=False)
+    (out_dir / "agreement.md").write_text(
+        "# Landmark agreement with the reference points\n\n"
+        "NME = mean distance of the 5 points to reference / reference inter-ocular distance.\n\n"
+        + table.to_markdown(index=False, floatfmt=".3f")
+        + "\n"
+    )
+    plot = plot_nme(others, reference, out_dir / "nme_ecdf.png")
+    metrics = {
+        f"{r.dataset}/{r.detector}": {
+            "found_share": round(float(r.found_share), 4),
+            "nme_median": round(float(r.nme_median), 4),
+            "nme_p90": round(float(r.nme_p90), 4),
+        }
+        for r in table.itertuples()
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with stage_run("landmark_report", params, run_name="landmark-report",
+                   log_params={"detectors": detectors}):
+        for key, vals in metrics.items():
+            for name, v in vals.items():
+                if v == v:  # skip NaN
+                    mlflow.log_metric(f"{key.replace('/', '.')}.{name}", v)
+        for f in ("agreement.csv", "agreement.md"):
+            mlflow.log_artifact(str(out_dir / f))
+        mlflow.log_artifact(str(plot))
+    print(table.to_string(index=False))
+    return table

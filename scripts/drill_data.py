@@ -14,8 +14,8 @@ and one ``<id>_9003.jpg`` of random bytes, which the manifest must reject.
 
 ``check`` reads the stage outputs and fails (exit 1) unless each stage names or skips
 every broken file: manifest (rejected.csv), landmarks (status), embeddings (failures
-csv / absent), labels (status, no label), distill (left out: no label), quality (status,
-NaN quality), evaluate (pairs dropped).
+csv / absent), labels (status, no label; distill trains only on labelled rows), quality
+(status, NaN quality), evaluate (pairs dropped).
 
 Usage: python scripts/drill_data.py make|check [--params params.yaml] [--dataset drill]
 """
@@ -71,13 +71,14 @@ def make(params: dict, dataset: str, lfw_root: Path, identities: int, images: in
           f"{2 * len(set(split.values())) + 1} broken files")
 
 
-def _broken(frame: pd.DataFrame, column: str = "path") -> pd.DataFrame:
-    return frame[frame[column].astype(str).str.endswith((CUT, GREY, GARBAGE))]
+def _broken(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["path"].astype(str).str.endswith((CUT, GREY, GARBAGE))]
 
 
 def check(params: dict, dataset: str) -> list[str]:
     """Every problem found; an empty list means every stage handled every broken file."""
     from aikd.evaluation.benchmarks import benchmarks_of
+    from aikd.evaluation.tables import method_columns
     from aikd.paths import embeddings_path, labels_path, landmarks_path, manifest_path, quality_path
 
     problems: list[str] = []
@@ -111,17 +112,16 @@ def check(params: dict, dataset: str) -> list[str]:
                 problems.append(f"labels {method}: a broken file got a label")
             found = dict(zip(labels["path"], labels["status"], strict=True))
             lines.append(f"labels {method}: {found}")
-    if benchmarks_of(params, dataset):
+    benchmarks = benchmarks_of(params, dataset)
+    if benchmarks:
         for det in params["evaluate"]["detectors"]:
             q = _broken(pd.read_parquet(quality_path(params, dataset, det)))
-            values = q.drop(columns=["path", "status"]).to_numpy(dtype=float)
+            values = q[method_columns(q)].to_numpy(dtype=float)
             if (q["status"] == "ok").any() or np.isfinite(values).any():
                 problems.append(f"quality {det}: a broken file has a quality")
             lines.append(f"quality {det}: {dict(zip(q['path'], q['status'], strict=True))}")
         results = pd.read_parquet(Path(params["evaluate"]["out_dir"]) / "results.parquet")
-        names = [b for b, c in params["evaluate"]["benchmarks"].items()
-                 if c.get("dataset", b) == dataset]
-        dropped = results[results["benchmark"].isin(names)]["n_dropped"]
+        dropped = results[results["benchmark"].isin(benchmarks)]["n_dropped"]
         if not (dropped > 0).all():
             problems.append("evaluate: no pair with a broken image was dropped")
         lines.append(f"evaluate: pairs dropped per cell {sorted(set(dropped.tolist()))}")

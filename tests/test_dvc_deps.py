@@ -73,7 +73,10 @@ def _stages() -> list[tuple[str, str, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize(("stage", "cmd", "deps"), _stages(), ids=[s[0] for s in _stages()])
+STAGES = _stages()
+
+
+@pytest.mark.parametrize(("stage", "cmd", "deps"), STAGES, ids=[s[0] for s in STAGES])
 def test_stage_deps_cover_the_code_it_runs(stage, cmd, deps):
     script = re.search(r"python (pipelines/\S+\.py)", cmd)
     assert script, f"{stage}: cmd {cmd!r} is not `python pipelines/<stage>.py ...`"

@@ -107,8 +107,7 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
     if method in ("sddfiqa", "crfiqa"):
         # Both compare an image with the person's other images: a singleton identity has no
         # label by construction (counted in the summary), so coverage is gated on the rest.
-        sizes = labels.groupby(["dataset", "identity"])["path"].transform("size")
-        gate = labels[sizes > 1]
+        gate = labels[~singleton]
     report = validate_labels(gate, method, float(cfg.get("min_coverage", 0.8)))
     report_path = report.write(out.with_name(f"{method}_validation.md"))
     q = labels["quality"]
@@ -116,7 +115,7 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
         "count": int(q.notna().sum()),
         "missing": int(q.isna().sum()),
         "missing_singleton_identity": int((labels["status"] == "singleton_identity").sum()),
-        "missing_other": int((q.isna() & ~labels["status"].isin(["singleton_identity"])).sum()),
+        "missing_other": int((q.isna() & (labels["status"] != "singleton_identity")).sum()),
         "min": float(q.min()),
         "median": float(q.median()),
         "max": float(q.max()),

@@ -6,12 +6,16 @@ Every stage reads its own section, so `dvc exp run -S landmarks.detectors=[...]`
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -57,3 +61,38 @@ def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     if name not in params or not isinstance(params[name], Mapping):
         raise KeyError(f"params has no section {name!r} (sections: {', '.join(params)})")
     return dict(params[name])
+
+
+def add_params_options(parser: argparse.ArgumentParser) -> None:
+    """The ``--params`` / ``-S key=value`` options every stage command and script takes."""
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
+                        help="params file (default params.yaml)")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param like `dvc exp run -S`, e.g. -S embed.batch_size=32")
+
+
+def from_mapping(cls: type[T], values: Mapping[str, Any] | None, where: str,
+                 *, ignore: Iterable[str] = ()) -> T:
+    """Build the dataclass ``cls`` from ``values``; ``where`` names the section in errors.
+
+    Unknown keys fail with the key named (a typo must not fall back to a default);
+    a field without a default that ``values`` lacks fails the same way. Keys in
+    ``ignore`` belong to the section but not to this dataclass."""
+    values = {k: v for k, v in dict(values or {}).items() if k not in set(ignore)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"params {where}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(fields))})")
+    missing = sorted(name for name, f in fields.items() if name not in values and f.init
+                     and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"params {where}: missing key(s) {', '.join(missing)}")
+    return cls(**values)
+
+
+def from_section(cls: type[T], params: Mapping[str, Any], name: str,
+                 *, ignore: Iterable[str] = ()) -> T:
+    """One stage's typed settings: ``cls`` built from params.yaml's ``name`` section."""
+    return from_mapping(cls, section(params, name), name, ignore=ignore)

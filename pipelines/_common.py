@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from aikd.config import load_params
+from aikd.config import add_params_options, load_params
 
 
 def stage_args(description: str, *positional: str) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=description)
     for name in positional:
         parser.add_argument(name)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    add_params_options(parser)
     args = parser.parse_args()
     return args, load_params(args.params, args.set)

@@ -17,12 +17,14 @@ import numpy as np
 from scipy import stats
 
 
-def person_codes(person_a: Sequence[Any], person_b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int]:
+def person_codes(person_a: Sequence[Any],
+                 person_b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer codes of the two people of each pair over one shared vocabulary."""
     a = np.asarray(person_a, dtype=object)
     b = np.asarray(person_b, dtype=object)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"person_a and person_b must be 1-D of one length, got {a.shape}, {b.shape}")
+        raise ValueError(f"person_a and person_b must be 1-D of one length, got {a.shape}, "
+                         f"{b.shape}")
     vocab, codes = np.unique(np.concatenate([a, b]).astype(str), return_inverse=True)
     return codes[: a.size], codes[a.size:], int(vocab.size)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aikd.evaluation import edc_curve, pauc, pauc_bootstrap, random_quality_pauc
+from aikd.evaluation.edc import edc_curve, pauc, pauc_bootstrap, random_quality_pauc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edc.json"
 

@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.evaluation.stage import report_stage
+from aikd.evaluation.report import report_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__)

@@ -17,8 +17,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-METRICS = ["val_quality_loss", "val_cosine", "val_pauc_fmr1e-2", "val_pauc_fmr1e-3",
-           "val_pauc_fmr1e-2_retinaface", "val_pauc_fmr1e-3_retinaface"]
+from aikd.config import add_params_options, load_params, section
+from aikd.naming import pauc_metric
+
+#: The FMRs of the distill stage's validation pAUCs (``val_pauc_fmr<tag>[_<detector>]``).
+VAL_FMRS = (1e-2, 1e-3)
+
+
+def metric_names(val_detectors: list[str]) -> list[str]:
+    """The columns of the table: losses, then pAUC on the reference alignment, then per
+    detector of ``distill.val_detectors``."""
+    return ["val_quality_loss", "val_cosine",
+            *(pauc_metric(fmr, det) for det in [None, *val_detectors] for fmr in VAL_FMRS)]
 
 
 def variant_of(max_shift: float, w: float) -> str:
@@ -36,19 +46,22 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="output prefix (no suffix)")
     ap.add_argument("--mlflow", action="store_true", help="log the table as an MLflow run")
+    add_params_options(ap)
     args = ap.parse_args()
+    params = load_params(args.params, args.set)
+    metric_cols = metric_names(list(section(params, "distill").get("val_detectors") or []))
     rows = []
     for run in args.runs:
         metrics = json.loads((run / "metrics.json").read_text())["metrics"]
         cfg = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["config"]
         rows.append({"run": run.name, "variant": variant_of(cfg["max_shift"], cfg["w"]),
                      "max_shift": cfg["max_shift"], "w": cfg["w"], "seed": cfg["seed"],
-                     **{m: metrics.get(m) for m in METRICS}})
+                     **{m: metrics.get(m) for m in metric_cols}})
     runs = pd.DataFrame(rows).sort_values(["variant", "seed"])
-    agg = runs.groupby("variant")[METRICS].agg(["mean", "min", "max"])
+    agg = runs.groupby("variant")[metric_cols].agg(["mean", "min", "max"])
     table = pd.DataFrame({"seeds": runs.groupby("variant")["seed"].apply(
         lambda s: ",".join(map(str, sorted(s))))})
-    for m in METRICS:
+    for m in metric_cols:
         table[m] = [f"{a:.3f} ({lo:.3f}-{hi:.3f})" for a, lo, hi in
                     zip(agg[(m, "mean")], agg[(m, "min")], agg[(m, "max")], strict=True)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,14 +73,13 @@ def main() -> None:
     if args.mlflow:
         import mlflow
 
-        from aikd.config import load_params
         from aikd.tracking import stage_run
 
-        with stage_run("ablation", load_params("params.yaml"), run_name=f"ablation-{args.out.name}",
+        with stage_run("ablation", params, run_name=f"ablation-{args.out.name}",
                        log_params={"runs": [r.as_posix() for r in args.runs]}):
             for v, g in runs.groupby("variant"):
                 key = v.split(":")[0]
-                for m in METRICS:
+                for m in metric_cols:
                     mlflow.log_metric(f"{key}.{m}.mean", float(g[m].mean()))
             mlflow.log_artifact(str(args.out.with_suffix(".md")))
             mlflow.log_artifact(str(args.out.with_suffix(".csv")))

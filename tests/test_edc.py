@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aikd.evaluation import (
+from aikd.evaluation.edc import (
     UndefinedPAUCWarning,
     edc_curve,
     pauc,

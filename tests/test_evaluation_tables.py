@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aikd.evaluation import edc_curve, pauc
 from aikd.evaluation.benchmarks import (
     BENCHMARK_COLUMNS,
     lfw_pairs,
@@ -18,13 +17,15 @@ from aikd.evaluation.benchmarks import (
     user_pairs,
     ytf_pairs,
 )
-from aikd.evaluation.report import (
+from aikd.evaluation.cells import (
     context_rows,
     evaluate_cell,
     no_quality_curve,
     paired_pauc_difference,
-    write_report,
 )
+from aikd.evaluation.edc import edc_curve, pauc
+from aikd.evaluation.report import write_report
+from aikd.evaluation.settings import PrimaryMode
 from aikd.evaluation.tables import (
     RESULT_COLUMNS,
     combined_misaligned_table,
@@ -324,7 +325,8 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
     assert set(RESULT_COLUMNS) <= set(res.columns)
 
     written = write_report(res, curves, tmp_path, fr_models=["r50"],
-                           detectors=["reference", "d1", "d2"])
+                           detectors=["reference", "d1", "d2"],
+                           primary=PrimaryMode(1e-3, "recomputed"))
     expected = {f"reports/pauc_r50_{d}.{ext}" for d in ("reference", "d1", "d2", "misaligned")
                 for ext in ("csv", "md")}
     expected |= {"reports/edc/r50_reference_b1.png", "reports/edc/r50_d1_b1.png",

@@ -1,63 +1,12 @@
-"""Evaluation of face image quality: EDC curves, normalised pAUC and their uncertainty."""
+"""Evaluation of face image quality: EDC curves, normalised pAUC and their uncertainty.
 
-from aikd.evaluation.edc import (
-    DEFAULT_DISCARD_RATES,
-    UndefinedPAUCWarning,
-    edc_curve,
-    pauc,
-    pauc_bootstrap,
-    random_quality_pauc,
-)
+Import what you need from its module; this package file loads nothing, so that training
+can use the metric without the report's code (and DVC re-runs only what a change touches):
 
-__all__ = [
-    "DEFAULT_DISCARD_RATES",
-    "UndefinedPAUCWarning",
-    "edc_curve",
-    "pauc",
-    "pauc_bootstrap",
-    "random_quality_pauc",
-]
-
-from aikd.evaluation.benchmarks import (  # noqa: E402
-    PairScores,
-    lfw_pairs,
-    pair_scores,
-    user_pairs,
-    ytf_pairs,
-)
-from aikd.evaluation.report import (  # noqa: E402
-    context_rows,
-    evaluate_cell,
-    no_quality_curve,
-    paired_pauc_difference,
-    write_report,
-)
-from aikd.evaluation.tables import (  # noqa: E402
-    bt_pairs,
-    combined_misaligned_table,
-    fnmr0_table,
-    pauc_table,
-    significant_differences,
-    to_markdown,
-    win_share,
-)
-
-__all__ += [
-    "PairScores",
-    "bt_pairs",
-    "combined_misaligned_table",
-    "context_rows",
-    "evaluate_cell",
-    "fnmr0_table",
-    "lfw_pairs",
-    "no_quality_curve",
-    "pair_scores",
-    "paired_pauc_difference",
-    "pauc_table",
-    "significant_differences",
-    "to_markdown",
-    "user_pairs",
-    "win_share",
-    "write_report",
-    "ytf_pairs",
-]
+* ``edc``: ``edc_curve``, ``pauc``, ``pauc_bootstrap``, ``random_quality_pauc`` (a leaf);
+* ``cells``: the rows of one benchmark x detector cell (``evaluate_cell``, ...; a leaf);
+* ``columns``: quality-method columns and the names of context rows and reference detector;
+* ``benchmarks``: verification pairs and their similarities;
+* ``tables``, ``summary``, ``plots``, ``report``: the written report;
+* ``settings``: the ``evaluate`` params section; ``stage``: the pairs and evaluate stages.
+"""

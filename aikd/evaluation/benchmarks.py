@@ -17,10 +17,14 @@ import pandas as pd
 
 from aikd.config import section
 from aikd.data.pairs import read_lfw_pairs, read_pairs_csv
+from aikd.evaluation.settings import Benchmark, benchmark_from
 
 __all__ = [
     "BENCHMARK_COLUMNS",
     "PairScores",
+    "benchmark_pairs",
+    "benchmark_specs",
+    "benchmarks_of",
     "lfw_pairs",
     "pair_scores",
     "user_pairs",
@@ -214,14 +218,15 @@ def pair_scores(
     return PairScores(kept, similarity, int((~keep).sum()))
 
 
-def _benchmarks(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``evaluate.benchmarks`` of the params: name -> {kind, dataset, ...}."""
-    return {k: dict(v) for k, v in (section(params, "evaluate").get("benchmarks") or {}).items()}
+def benchmark_specs(params: Mapping[str, Any]) -> dict[str, Benchmark]:
+    """``evaluate.benchmarks`` of the params: name -> its typed entry."""
+    specs = section(params, "evaluate")["benchmarks"]
+    return {name: benchmark_from(name, spec) for name, spec in specs.items()}
 
 
 def benchmarks_of(params: Mapping[str, Any], dataset: str) -> list[str]:
     """The benchmarks whose pairs are images of ``dataset``."""
-    return [b for b, c in _benchmarks(params).items() if c.get("dataset", b) == dataset]
+    return [b for b, spec in benchmark_specs(params).items() if spec.dataset == dataset]
 
 
 def benchmark_pairs(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:

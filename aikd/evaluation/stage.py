@@ -1,64 +1,68 @@
-"""The DVC stages `pairs@<benchmark>`, `evaluate` and `report`.
+"""The DVC stages `pairs@<benchmark>` and `evaluate`.
 
 `pairs` writes each benchmark's verification pairs once (a versioned file, so every model
 is compared on the same pairs). `evaluate` scores every (benchmark, detector, quality
 method) cell: similarity from the FR embeddings of the faces as *that* detector aligned
 them, quality from the quality stage on the same crops; pAUC with bootstrap intervals for
 both threshold modes at two FMRs, the no-quality and random anchors, EDC curves and the
-paired B-vs-T bootstrap. `report` turns that into the tables, figures and metrics.
+paired B-vs-T bootstrap. The `report` stage, which turns that into the tables, figures
+and metrics, is ``aikd.evaluation.report.report_stage``: kept beside the report so that
+editing the report's code re-runs only `report`, not the evaluation.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from aikd.config import section
-from aikd.evaluation.benchmarks import _benchmarks, benchmark_pairs
+from aikd.errors import UsageError
+from aikd.evaluation.benchmarks import benchmark_pairs, benchmark_specs
+from aikd.evaluation.cells import (
+    context_rows,
+    evaluate_cell,
+    no_quality_curve,
+    paired_pauc_difference,
+)
+from aikd.evaluation.columns import CONTEXT_VARIANT, method_columns, split_method
+from aikd.evaluation.edc import UndefinedPAUCWarning, edc_curve
+from aikd.evaluation.settings import EvaluateSettings, evaluate_settings
+from aikd.naming import run_name
 from aikd.paths import pairs_path
-
-log = logging.getLogger("aikd")
-
-CURVE_KEYS = ["fr_model", "detector", "benchmark", "method", "variant"]
 
 
 def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
-    """Write the benchmark's pairs: ``kind`` lfw (View 2), ytf (test identities) or csv."""
+    """Write the benchmark's pairs: ``kind`` lfw (View 2), ytf, identities or csv."""
     from aikd.evaluation.benchmarks import lfw_pairs, user_pairs, ytf_pairs
     from aikd.paths import manifest_path
 
-    benches = _benchmarks(params)
+    benches = benchmark_specs(params)
     if benchmark not in benches:
-        raise KeyError(f"benchmark {benchmark!r} is not in params evaluate.benchmarks "
-                       f"({', '.join(benches)})")
-    cfg = benches[benchmark]
-    dataset = cfg.get("dataset", benchmark)
-    kind = cfg.get("kind", benchmark)
-    if kind == "lfw":
+        raise UsageError(f"benchmark {benchmark!r} is not in params evaluate.benchmarks; use "
+                         f"one of {', '.join(benches)} or add it there")
+    spec = benches[benchmark]
+    dataset = spec.dataset
+    seed = int(params["seed"])
+    if spec.kind == "lfw":
         root = section(params, "datasets")[dataset]["root"]
         pairs = lfw_pairs(root)
-    elif kind == "ytf":
-        pairs = ytf_pairs(manifest_path(params, dataset), split=cfg.get("split", "test"),
-                          max_mated=cfg.get("max_mated"), seed=int(params.get("seed", 0)))
-    elif kind == "identities":  # every within-identity pair of a split (any data set)
+    elif spec.kind == "ytf":
+        pairs = ytf_pairs(manifest_path(params, dataset), split=spec.split,
+                          max_mated=spec.max_mated, seed=seed)
+    elif spec.kind == "identities":  # every within-identity pair of a split (any data set)
         man = pd.read_parquet(manifest_path(params, dataset))
         man = man.assign(video=np.arange(len(man)))  # each image its own "video"
-        pairs = ytf_pairs(man, split=cfg.get("split", "test"), max_mated=cfg.get("max_mated"),
-                          seed=int(params.get("seed", 0)))
+        pairs = ytf_pairs(man, split=spec.split, max_mated=spec.max_mated, seed=seed)
         pairs["benchmark"] = benchmark
         pairs["dataset"] = dataset
-    elif kind == "csv":
-        pairs = user_pairs(cfg["path"], dataset, benchmark=benchmark)
-    else:
-        raise ValueError(f"evaluate.benchmarks.{benchmark}.kind={kind!r}; expected lfw, ytf, "
-                         "identities, csv")
+    else:  # csv (Benchmark.check allows no other kind)
+        pairs = user_pairs(spec.path, dataset, benchmark=benchmark)
     manifest = pd.read_parquet(manifest_path(params, dataset))
     unknown = ~(pairs["path_a"].isin(manifest["path"]) & pairs["path_b"].isin(manifest["path"]))
     if unknown.any():
@@ -66,13 +70,13 @@ def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
         raise ValueError(f"benchmark {benchmark}: {int(unknown.sum())} pairs name images that "
                          f"are not in the {dataset} manifest (e.g. {bad['path_a']}, "
                          f"{bad['path_b']})")
-    if cfg.get("split"):
+    if spec.split:
         split = manifest.set_index("path")["split"]
-        leaked = ~(pairs["path_a"].map(split).eq(cfg["split"])
-                   & pairs["path_b"].map(split).eq(cfg["split"]))
+        leaked = ~(pairs["path_a"].map(split).eq(spec.split)
+                   & pairs["path_b"].map(split).eq(spec.split))
         if leaked.any():
             raise ValueError(f"benchmark {benchmark}: {int(leaked.sum())} pairs use images "
-                             f"outside split {cfg['split']!r}")
+                             f"outside split {spec.split!r}")
     out = pairs_path(params, benchmark)
     out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_parquet(out, index=False)
@@ -81,113 +85,147 @@ def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
     return pairs
 
 
+class _Cell(NamedTuple):
+    """One (benchmark, detector) cell's pairs, similarities and per-method qualities."""
+
+    pairs: pd.DataFrame  # the pairs every quality method scored
+    similarity: np.ndarray
+    mated: np.ndarray
+    quality_a: dict[str, np.ndarray]  # quality column -> quality of each pair's first image
+    quality_b: dict[str, np.ndarray]
+    n_dropped: int  # pairs lost to a missing embedding or quality
+
+
 def _quality_of(table: pd.DataFrame, column: str, paths: pd.Series) -> np.ndarray:
     return paths.map(table.set_index("path")[column]).to_numpy(dtype=np.float64)
 
 
-def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
-    """Every cell of the comparison; writes results, curves and B-vs-T differences."""
-    from aikd.data.io import read_vectors, write_parquet_atomic
+def _load_cell(params: Mapping[str, Any], bench: str, det: str) -> _Cell:
+    from aikd.data.io import read_vectors
     from aikd.evaluation.benchmarks import pair_scores
-    from aikd.evaluation.edc import edc_curve
-    from aikd.evaluation.report import (
-        MAIN_FMR,
-        MAIN_THRESHOLD,
-        context_rows,
-        evaluate_cell,
-        no_quality_curve,
-        paired_pauc_difference,
-    )
-    from aikd.evaluation.tables import method_columns, split_method
     from aikd.paths import embeddings_path, quality_path
 
-    cfg = section(params, "evaluate")
+    dataset = benchmark_specs(params)[bench].dataset
+    pairs = benchmark_pairs(params, bench)
+    meta, vectors = read_vectors(embeddings_path(params, dataset, det))
+    scored = pair_scores(pairs, meta, vectors)
+    qtable = pd.read_parquet(quality_path(params, dataset, det))
+    qa = {c: _quality_of(qtable, c, scored.pairs["path_a"]) for c in method_columns(qtable)}
+    qb = {c: _quality_of(qtable, c, scored.pairs["path_b"]) for c in method_columns(qtable)}
+    # A face the FR model embedded but a quality method could not score would bias
+    # that method's cell; keep the pairs every method scored, count the rest.
+    ok = np.ones(len(scored.pairs), bool)
+    for c in qa:
+        ok &= np.isfinite(qa[c]) & np.isfinite(qb[c])
+    kept = scored.pairs[ok].reset_index(drop=True)
+    return _Cell(kept, scored.similarity[ok], kept["mated"].to_numpy(bool),
+                 {c: q[ok] for c, q in qa.items()}, {c: q[ok] for c, q in qb.items()},
+                 scored.n_dropped + int((~ok).sum()))
+
+
+def _score_cell(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings, seed: int,
+                results: list[dict[str, Any]], curves: list[pd.DataFrame]) -> None:
+    """Append the cell's result rows (context rows first) and its EDC curves."""
+    primary = settings.primary
+    sim, mated = cell.similarity, cell.mated
+    for row in context_rows(cell.pairs, sim, fmrs=settings.fmrs, thresholds=settings.thresholds,
+                            seed=seed, keys=keys, n_seeds=settings.random_seeds):
+        results.append({**row, "n_dropped": cell.n_dropped})
+    curve = no_quality_curve(sim, mated, fmr=primary.fmr)
+    curves.append(curve.assign(**keys, method="none", variant=CONTEXT_VARIANT))
+    for col in cell.quality_a:
+        method, variant = split_method(col)
+        ck = {**keys, "method": method, "variant": variant}
+        qa, qb = cell.quality_a[col], cell.quality_b[col]
+        for row in evaluate_cell(cell.pairs, sim, qa, qb, fmrs=settings.fmrs,
+                                 thresholds=settings.thresholds, n_boot=settings.n_boot,
+                                 seed=seed, keys=ck):
+            results.append({**row, "n_dropped": cell.n_dropped})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            curve = edc_curve(sim, mated, qa, qb, fmr=primary.fmr, threshold=primary.threshold)
+        curves.append(curve.assign(**ck))
+
+
+def _bt_differences(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings,
+                    seed: int) -> list[dict[str, Any]]:
+    """Paired bootstrap of pAUC(T) - pAUC(B) for every method that has both variants."""
+    diffs = []
+    qa, qb = cell.quality_a, cell.quality_b
+    for col in qa:
+        method, variant = split_method(col)
+        partner = run_name(method, "B")
+        if variant != "T" or partner not in qa:
+            continue
+        for fmr in settings.fmrs:
+            for mode in settings.thresholds:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    d = paired_pauc_difference(
+                        cell.similarity, cell.mated, (qa[partner], qb[partner]),
+                        (qa[col], qb[col]), fmr=fmr, threshold=mode,
+                        n_boot=settings.n_boot, seed=seed)
+                diffs.append({**keys, "method": method, "fmr": fmr, "threshold": mode, **d})
+    return diffs
+
+
+def _undefined_pauc_note(results: pd.DataFrame, caught: list[warnings.WarningMessage]) -> str:
+    """One line in place of the UndefinedPAUCWarnings of every cell: how many, and why."""
+    undefined = results[results["pauc"].isna()]
+    no_error = int((undefined["fnmr0"] == 0).sum())
+    reasons = {"FNMR(0) = 0, no mated pair fails before discarding": no_error,
+               "no mated pair is left at some discard rate": len(undefined) - no_error}
+    parts = [f"{n} because {why}" for why, n in reasons.items() if n]
+    dropped = sum("bootstrap resamples" in str(w.message) for w in caught)
+    if not parts and not dropped:
+        return ""
+    text = "evaluate: "
+    if parts:
+        text += (f"pAUC undefined (NaN) in {len(undefined)} of {len(results)} result rows: "
+                 f"{', '.join(parts)}; ")
+    if dropped:
+        text += f"{dropped} bootstrap intervals left out resamples with an undefined pAUC; "
+    return text + "expected on tiny data (UndefinedPAUCWarning, not shown one by one)"
+
+
+def _reemit_other_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Show the recorded warnings that are not the expected UndefinedPAUCWarning."""
+    for w in caught:
+        if not issubclass(w.category, UndefinedPAUCWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """Every cell of the comparison; writes results, curves and B-vs-T differences.
+
+    pAUC is undefined in many cells of a tiny benchmark (no error to remove); instead of
+    one UndefinedPAUCWarning per cell the stage prints one line saying how many and why.
+    """
+    from aikd.data.io import write_parquet_atomic
+
+    settings = evaluate_settings(params)
     fr_model = section(params, "embed")["backbone"]
-    detectors = list(cfg.get("detectors") or section(params, "landmarks")["detectors"])
-    fmrs = [float(f) for f in cfg.get("fmrs", [1e-3, 1e-2])]
-    modes = list(cfg.get("thresholds", ["recomputed", "fixed"]))
-    n_boot = int(cfg.get("n_boot", 200))
-    seed = int(params.get("seed", 0))
+    seed = int(params["seed"])
     results: list[dict[str, Any]] = []
     curves: list[pd.DataFrame] = []
     diffs: list[dict[str, Any]] = []
-    cells = [(b, d) for b in _benchmarks(params) for d in detectors]
-    for bench, det in tqdm(cells, desc="evaluate", unit="cell"):
-        dataset = _benchmarks(params)[bench].get("dataset", bench)
-        pairs = benchmark_pairs(params, bench)
-        meta, vectors = read_vectors(embeddings_path(params, dataset, det))
-        scored = pair_scores(pairs, meta, vectors)
-        qtable = pd.read_parquet(quality_path(params, dataset, det))
-        qa = {c: _quality_of(qtable, c, scored.pairs["path_a"]) for c in method_columns(qtable)}
-        qb = {c: _quality_of(qtable, c, scored.pairs["path_b"]) for c in method_columns(qtable)}
-        # A face the FR model embedded but a quality method could not score would bias
-        # that method's cell; keep the pairs every method scored, count the rest.
-        ok = np.ones(len(scored.pairs), bool)
-        for c in qa:
-            ok &= np.isfinite(qa[c]) & np.isfinite(qb[c])
-        sim = scored.similarity[ok]
-        kept = scored.pairs[ok].reset_index(drop=True)
-        n_dropped = scored.n_dropped + int((~ok).sum())
-        mated = kept["mated"].to_numpy(bool)
-        keys = {"fr_model": fr_model, "detector": det, "benchmark": bench}
-        for row in context_rows(kept, sim, fmrs=fmrs, thresholds=modes, seed=seed, keys=keys,
-                                n_seeds=int(cfg.get("random_seeds", 20))):
-            results.append({**row, "n_dropped": n_dropped})
-        curve = no_quality_curve(sim, mated, fmr=MAIN_FMR)
-        curves.append(curve.assign(**keys, method="none", variant="-"))
-        for col in qa:
-            method, variant = split_method(col)
-            ck = {**keys, "method": method, "variant": variant}
-            for row in evaluate_cell(kept, sim, qa[col][ok], qb[col][ok], fmrs=fmrs,
-                                     thresholds=modes, n_boot=n_boot, seed=seed, keys=ck):
-                results.append({**row, "n_dropped": n_dropped})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                curve = edc_curve(sim, mated, qa[col][ok], qb[col][ok], fmr=MAIN_FMR,
-                                  threshold=MAIN_THRESHOLD)
-            curves.append(curve.assign(**ck))
-        for col in qa:
-            method, variant = split_method(col)
-            partner = f"{method}-B"
-            if variant != "T" or partner not in qa:
-                continue
-            for fmr in fmrs:
-                for mode in modes:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        d = paired_pauc_difference(
-                            sim, mated, (qa[partner][ok], qb[partner][ok]),
-                            (qa[col][ok], qb[col][ok]), fmr=fmr, threshold=mode,
-                            n_boot=n_boot, seed=seed)
-                    diffs.append({**keys, "method": method, "fmr": fmr, "threshold": mode, **d})
-    out_dir = Path(cfg["out_dir"])
+    cells = [(b, d) for b in benchmark_specs(params) for d in settings.detectors_of(params)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedPAUCWarning)
+        for bench, det in tqdm(cells, desc="evaluate", unit="cell"):
+            cell = _load_cell(params, bench, det)
+            keys = {"fr_model": fr_model, "detector": det, "benchmark": bench}
+            _score_cell(cell, keys, settings, seed, results, curves)
+            diffs += _bt_differences(cell, keys, settings, seed)
+    _reemit_other_warnings(caught)
+    out_dir = Path(settings.out_dir)
     frames = {"results": pd.DataFrame(results), "curves": pd.concat(curves, ignore_index=True),
               "differences": pd.DataFrame(diffs)}
     for name, frame in frames.items():
         write_parquet_atomic(frame, out_dir / f"{name}.parquet")
     print(f"evaluate: {len(frames['results'])} result rows over {len(cells)} "
           "(benchmark, detector) cells")
+    note = _undefined_pauc_note(frames["results"], caught)
+    if note:
+        print(note)
     return frames
-
-
-def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
-    """Tables (CSV + Markdown), EDC PNGs, summary and metrics/evaluation.json, in MLflow."""
-    from aikd.evaluation.report import write_report
-    from aikd.tracking import stage_run
-
-    cfg = section(params, "evaluate")
-    src = Path(cfg["out_dir"])
-    results = pd.read_parquet(src / "results.parquet")
-    curve_frame = pd.read_parquet(src / "curves.parquet")
-    diffs = pd.read_parquet(src / "differences.parquet")
-    curves = {tuple(str(v) for v in key): g.drop(columns=CURVE_KEYS).reset_index(drop=True)
-              for key, g in curve_frame.groupby(CURVE_KEYS, sort=False)}
-    detectors = list(cfg.get("detectors") or section(params, "landmarks")["detectors"])
-    fr_models = [section(params, "embed")["backbone"]]
-    with stage_run("report", params, run_name="report",
-                   log_params={"evaluate": dict(cfg)}):
-        written = write_report(results, curves, ".", fr_models=fr_models, detectors=detectors,
-                               differences=diffs if len(diffs) else None,
-                               reports_subdir=cfg.get("reports_dir", "reports/evaluation"))
-    print((Path(cfg.get("reports_dir", "reports/evaluation")) / "summary.md").read_text())
-    return written

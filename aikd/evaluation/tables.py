@@ -19,14 +19,20 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from aikd.evaluation.columns import (  # noqa: F401  (method_columns, split_method: old home)
+    CONTEXT_VARIANT,
+    REFERENCE_DETECTOR,
+    method_columns,
+    split_method,
+)
+
 __all__ = [
-    "CONTEXT_VARIANT",
-    "REFERENCE_DETECTOR",
     "RESULT_COLUMNS",
     "bt_pairs",
     "combined_misaligned_table",
     "fnmr0_table",
     "mode_order",
+    "mode_rows",
     "pauc_table",
     "significant_differences",
     "to_markdown",
@@ -47,21 +53,6 @@ RESULT_COLUMNS = [
     "fnmr0",
     "n_pairs",
 ]
-REFERENCE_DETECTOR = "reference"
-CONTEXT_VARIANT = "-"
-
-
-def method_columns(table: pd.DataFrame) -> list[str]:
-    """The quality-method columns of a quality table (all but ``path`` and ``status``)."""
-    return [c for c in table.columns if c not in ("path", "status")]
-
-
-def split_method(column: str) -> tuple[str, str]:
-    """``sddfiqa-T`` -> (sddfiqa, T); an anchor like ``flip`` -> (flip, -)."""
-    method, sep, variant = column.rpartition("-")
-    return (method, variant) if sep and variant in ("B", "T") else (column, CONTEXT_VARIANT)
-
-
 _CELL_KEYS = ["fr_model", "detector", "benchmark", "method", "fmr", "threshold"]
 _VARIANT_ORDER = {"B": 0, "T": 1}
 
@@ -90,6 +81,14 @@ def mode_order(frame: pd.DataFrame) -> list[tuple[float, str]]:
 def _fmr_mask(values: pd.Series, fmr: float) -> np.ndarray:
     """FMRs compared with a relative tolerance: 1e-3 read back from a CSV may differ in ulps."""
     return np.isclose(values.to_numpy(dtype=np.float64), float(fmr), rtol=1e-6, atol=0.0)
+
+
+def mode_rows(frame: pd.DataFrame, fmr: float, threshold: str, **equal: str) -> pd.DataFrame:
+    """The rows of one (fmr, threshold) mode whose other ``equal`` columns match."""
+    mask = _fmr_mask(frame["fmr"], fmr) & (frame["threshold"] == threshold).to_numpy()
+    for column, value in equal.items():
+        mask &= (frame[column] == value).to_numpy()
+    return frame[mask]
 
 
 def _select(

@@ -1,15 +1,20 @@
 """aikd tune: settings, objective, and one tiny real sweep (Ray + sqlite MLflow).
 
-The sweep runs ``tune_stage`` end to end on a throw-away project: 24 LFW train images and
-16 val images of 4 identities (so mated pairs exist), seeded random labels, a real teacher
-cache, and one synthetic "detector" whose landmarks are the reference ones moved by a
-seeded offset. Three trials of 8 steps each, all at once (half a CPU each), with ASHA.
+Settings come from the repository's params.yaml with ``-S``-style overrides, as
+``aikd tune`` builds them. The sweep runs ``tune_stage`` end to end on a throw-away
+project: 24 LFW train images and 16 val images of 4 identities (so mated pairs exist),
+seeded random labels, a real teacher cache, and one synthetic "detector" whose landmarks
+are the reference ones moved by a seeded offset. Three trials of 8 steps each, all at
+once (half a CPU each), with ASHA.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -18,88 +23,115 @@ import pandas as pd
 import pytest
 import yaml
 
-from aikd.config import apply_overrides
-from aikd.tuning import (
+from aikd.config import add_params_options, apply_overrides, load_params
+from aikd.errors import UsageError
+from aikd.tuning import command
+from aikd.tuning.data import sample_validation
+from aikd.tuning.results import apply_command, format_value
+from aikd.tuning.runner import MAX_RAY_TEMP_DIR, ray_temp_dir, search_algorithm
+from aikd.tuning.settings import (
     ARCFACE112_IOD_PX,
-    MAX_RAY_TEMP_DIR,
     TuneSettings,
-    add_cli,
-    apply_command,
     base_distill_config,
-    default_space,
-    format_value,
-    ray_temp_dir,
-    sample_validation,
     search_params,
-    sweep_objective,
-    tune_stage,
 )
+from aikd.tuning.stage import tune_stage
+from aikd.tuning.trial import sweep_objective
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = [f"{a}{i}" for i in range(5) for a in "xy"]
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def settings_with(*overrides: str) -> TuneSettings:
+    """TuneSettings from params.yaml with ``-S key=value`` overrides."""
+    return TuneSettings.from_params(apply_overrides(PARAMS, overrides))
 
 
 # --------------------------------------------------------------------------- settings
 
 
-def test_default_space_matches_the_paper_range_in_both_units():
-    px = default_space("px")["max_shift"]
-    iod = default_space("iod")["max_shift"]
-    assert (px["low"], px["high"]) == (0.0, 6.0)
+def test_params_yaml_is_the_only_source_of_defaults():
+    fields = {f.name: f for f in dataclasses.fields(TuneSettings)}
+    for key in PARAMS["tune"]:
+        assert fields[key].default is dataclasses.MISSING, key
+        assert fields[key].default_factory is dataclasses.MISSING, key
+    settings = settings_with()
+    assert (settings.train_images, settings.trial["epochs"]) == (3500, 3.0)
+    assert settings.ray.temp_dir == ".ray" and settings.asha.grace_period == 100
+
+
+def test_params_space_is_the_paper_range():
+    space = settings_with().space
     # 6 px at the 112-px ArcFace template, whose eyes are 35.24 px apart
-    assert iod["low"] == 0.0 and iod["high"] == pytest.approx(6 / 35.24, abs=1e-3)
-    assert default_space("iod")["lr"] == {"dist": "loguniform", "low": 1e-3, "high": 0.2}
+    assert space["max_shift"]["low"] == 0.0
+    assert space["max_shift"]["high"] == pytest.approx(6 / ARCFACE112_IOD_PX, abs=1e-3)
+    assert space["lr"] == {"dist": "loguniform", "low": 1e-3, "high": 0.2}
+    text = command.DESCRIPTION  # what `aikd tune --help` promises
+    assert "[0, 0.17] IOD" in text and "[0, 6] px" in text and "[1e-3, 0.2]" in text
 
 
 def test_pixel_bounds_with_iod_units_are_refused():
-    base = base_distill_config({"distill": {"jitter_units": "iod"}})
-    settings = TuneSettings.from_params(
-        {"tune": {"space": {"max_shift": {"dist": "uniform", "low": 0, "high": 6}}}})
-    with pytest.raises(ValueError, match="eye distances"):
+    base = base_distill_config({"distill": {"jitter_units": "iod"}}, "T")
+    settings = settings_with("tune.space={max_shift: {dist: uniform, low: 0, high: 6}}")
+    with pytest.raises(UsageError, match="eye distances"):
         search_params(settings, base)
-    px = base_distill_config({"distill": {"jitter_units": "px", "max_shift": 3}})
+    px = base_distill_config({"distill": {"jitter_units": "px", "max_shift": 3}}, "T")
     assert [p.name for p in search_params(settings, px)] == ["max_shift"]
     assert 3 / ARCFACE112_IOD_PX == pytest.approx(0.085, abs=1e-3)
 
 
-def test_settings_and_space_errors_are_clear():
-    with pytest.raises(ValueError, match="unknown tune keys"):
-        TuneSettings.from_params({"tune": {"num_sampels": 3}})
-    with pytest.raises(ValueError, match="not a DistillConfig field"):
-        search_params(TuneSettings(space={"learning_rate": {"low": 0.1, "high": 1}}),
-                      base_distill_config({}))
-    with pytest.raises(ValueError, match="loguniform needs low > 0"):
-        search_params(TuneSettings(space={"lr": {"dist": "loguniform", "low": 0, "high": 1}}),
-                      base_distill_config({}))
-    with pytest.raises(ValueError, match="w must be in"):  # a bound that is no valid config
-        search_params(TuneSettings(space={"w": {"low": 0.5, "high": 1.5}}),
-                      base_distill_config({}))
+@pytest.mark.parametrize(("override", "message"), [
+    ("tune.num_sampels=3", "unknown key.*num_sampels"),
+    ("tune.ray.tmp_dir=/tmp", "tune.ray: unknown key.*tmp_dir"),
+    ("tune.asha.grace=3", "tune.asha: unknown key.*grace"),
+    ("tune.search=grid", "tune.search must be one of"),
+    ("tune.fmr=0.05", "tune.fmr must be 1e-2 or 1e-3"),
+    ("tune.val_per_identity=1", "val_per_identity must be >= 2"),
+])
+def test_settings_errors_name_the_key(override, message):
+    with pytest.raises(UsageError, match=message):
+        settings_with(override)
+
+
+def test_missing_key_is_named():
+    tune = {k: v for k, v in PARAMS["tune"].items() if k != "fmr"}
+    with pytest.raises(UsageError, match="missing key.*fmr"):
+        TuneSettings.from_params({"tune": tune})
+    with pytest.raises(UsageError, match="no 'tune' section"):
+        TuneSettings.from_params({})
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ("{learning_rate: {low: 0.1, high: 1}}", "not a DistillConfig field"),
+    ("{lr: {dist: loguniform, low: 0, high: 1}}", "loguniform needs low > 0"),
+    ("{w: {low: 0.5, high: 1.5}}", "w must be in"),  # a bound that is no valid config
+])
+def test_space_errors_are_clear(space, message):
+    with pytest.raises(UsageError, match=message):
+        search_params(settings_with(f"tune.space={space}"), base_distill_config({}, "T"))
 
 
 def test_base_config_is_the_distill_stage_variant():
     section = {"out_dir": "models", "work_dir": "ckpt", "runs": {"x-T": {"labels": "x"}},
                "variants": {"T": {}, "B": {"max_shift": 0.0, "w": 0.0}},
                "val_detectors": ["retinaface"], "lr": 0.01}
-    cfg = base_distill_config({"seed": 4, "distill": section})
+    cfg = base_distill_config({"seed": 4, "distill": section}, "T")
     assert (cfg.lr, cfg.seed, cfg.max_shift, cfg.w) == (0.01, 4, 0.1, 0.5)
     assert base_distill_config({"distill": section}, "B").max_shift == 0.0
-    with pytest.raises(KeyError, match="not in distill.variants"):
+    with pytest.raises(UsageError, match="not in distill.variants"):
         base_distill_config({"distill": section}, "Z")
     with pytest.raises(ValueError, match="unknown distill config keys"):
-        base_distill_config({"distill": {"typo": 1}})
+        base_distill_config({"distill": {"typo": 1}}, "T")
 
 
 def test_missing_search_package_fails_clearly():
     import importlib.util
 
-    from aikd.tuning import _search_algorithm
-
     for name in ("optuna", "hyperopt"):
         if importlib.util.find_spec(name) is None:
-            with pytest.raises(RuntimeError, match=f"'{name}' package, which is not installed"):
-                _search_algorithm(TuneSettings(search=name))
-    with pytest.raises(ValueError, match="tune.search"):
-        TuneSettings.from_params({"tune": {"search": "grid"}})
+            with pytest.raises(UsageError, match=f"'{name}' package, which is not installed"):
+                search_algorithm(settings_with(f"tune.search={name}"))
 
 
 def test_objective_is_the_nan_skipping_mean_over_detectors():
@@ -125,7 +157,7 @@ def test_command_values_read_back_as_numbers(value):
 
 def test_ray_temp_dir_length_is_checked(tmp_path):
     assert ray_temp_dir(REPO / ".ray").is_absolute()
-    with pytest.raises(ValueError, match="unix sockets"):
+    with pytest.raises(UsageError, match="unix sockets"):
         ray_temp_dir(Path("/tmp") / ("x" * MAX_RAY_TEMP_DIR))
 
 
@@ -138,11 +170,24 @@ def test_validation_sample_keeps_pairs_and_caps_identities():
     assert got.equals(sample_validation(val, n=9, per_identity=5, seed=0))
 
 
-def test_cli_parses_params_and_overrides():
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tune", "--params", "p.yaml", "-S", "tune.num_samples=4"])
-    assert (args.command, args.params, args.set) == ("tune", "p.yaml", ["tune.num_samples=4"])
+def test_cli_help_says_space_objective_and_cost():
+    parser = argparse.ArgumentParser(prog="aikd tune")
+    add_params_options(parser)  # as aikd.cli does for every command
+    command.add_arguments(parser)
+    args = parser.parse_args(["--params", "p.yaml", "-S", "tune.num_samples=4"])
+    assert (args.params, args.set) == ("p.yaml", ["tune.num_samples=4"])
+    text = parser.format_help()
+    for words in ("max_shift  uniform over [0, 0.17] IOD", "log-uniform over [1e-3, 0.2]",
+                  "validation pAUC", "lower is better", "ASHA", "~7 min per trial", "~30 min"):
+        assert words in text, words
+
+
+def test_import_is_light():
+    code = ("import sys, aikd.tuning, aikd.tuning.command, aikd.tuning.stage; "
+            "print([m for m in ('ray', 'torch', 'mlflow') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -177,13 +222,13 @@ def tiny_project(tmp_path_factory, lfw_root, lfw_reference):
         root=str(lfw_root), dataset="lfw", in_eval_pairs=False)
     (root / "manifests").mkdir()
     manifest.to_parquet(root / "manifests" / "lfw.parquet")
-    # Written where the pipeline's stages put them (aikd.tuning mirrors that layout).
+    # Written where the pipeline's stages put them (the distill stage's rows read them).
     from aikd.paths import embeddings_path, landmarks_path
     layout = {"landmarks": {"out_dir": str(root / "landmarks")},
               "embed": {"out_dir": str(root / "embeddings"), "backbone": "dlib_resnet"}}
     for det in ("reference", "shifted"):
         landmarks_path(layout, "lfw", det).parent.mkdir(parents=True)
-    marks = rows[["path", *POINTS]].assign(status="ok")
+    marks = rows[["path", *POINTS]].assign(status="ok", dataset="lfw")
     marks.to_parquet(landmarks_path(layout, "lfw", "reference"))
     shifted = marks[rows["split"] == "val"].copy()  # a "detector" 0-2 px off the reference
     shifted[POINTS] += np.random.default_rng(5).uniform(-2, 2, (len(shifted), 10))
@@ -200,27 +245,23 @@ def tiny_project(tmp_path_factory, lfw_root, lfw_reference):
     torch.set_num_threads(1)
     embed_table(load_backbone("dlib_resnet"), rows.assign(root=str(lfw_root)),
                 embeddings_path(layout, "lfw", "reference"), progress=False)
-    params = {
-        "seed": 0,
-        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "tune-test",
-                   "artifact_root": str(root / "artifacts")},
-        "manifest": {"out_dir": str(root / "manifests")},
-        "landmarks": {"out_dir": str(root / "landmarks"), "training_detector": "reference"},
-        "embed": {"out_dir": str(root / "embeddings"), "backbone": "dlib_resnet"},
-        "labels": {"out_dir": str(root / "labels"), "datasets": ["lfw"]},
-        "distill": {"out_dir": "models", "runs": {}, "trainable": "last_n_stages:1",
-                    "batch_size": 6, "num_workers": 0, "warmup_steps": 1, "swa_start": 0.5,
-                    "log_every": 1},
-        "tune": {
-            "out_dir": str(root / "tune"), "label_method": "random", "detectors": ["shifted"],
-            "train_images": 24, "val_images": 16, "num_samples": 3, "max_concurrent": 3,
-            "resources": {"cpu": 0.5}, "seed": 1, "trial": {"epochs": 2, "val_every": 2},
-            "ray": {"storage_path": str(root / "ray"), "work_dir": str(root / "trials")},
-            "asha": {"grace_period": 2, "reduction_factor": 2},
-            "space": {"max_shift": {"dist": "uniform", "low": 0.02, "high": 0.15},
-                      "lr": {"dist": "loguniform", "low": 0.001, "high": 0.2}},
-        },
-    }
+    params = apply_overrides(PARAMS, [
+        f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "mlflow.experiment=tune-test",
+        f"mlflow.artifact_root={root / 'artifacts'}",
+        f"manifest.out_dir={root / 'manifests'}", f"landmarks.out_dir={root / 'landmarks'}",
+        "landmarks.training_detector=reference", f"embed.out_dir={root / 'embeddings'}",
+        "embed.backbone=dlib_resnet", f"labels.out_dir={root / 'labels'}",
+        "labels.datasets=[lfw]", "distill.trainable=last_n_stages:1", "distill.batch_size=6",
+        "distill.num_workers=0", "distill.warmup_steps=1", "distill.swa_start=0.5",
+        "distill.log_every=1",
+        f"tune.out_dir={root / 'tune'}", "tune.label_method=random", "tune.detectors=[shifted]",
+        "tune.train_images=24", "tune.val_images=16", "tune.num_samples=3",
+        "tune.max_concurrent=3", "tune.resources.cpu=0.5", "tune.seed=1",
+        "tune.trial={epochs: 2, val_every: 2}", f"tune.ray.storage_path={root / 'ray'}",
+        f"tune.ray.work_dir={root / 'trials'}", "tune.asha.grace_period=2",
+        "tune.space={max_shift: {dist: uniform, low: 0.02, high: 0.15}, "
+        "lr: {dist: loguniform, low: 0.001, high: 0.2}}",
+    ])
     return root, params
 
 

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from aikd.distill import DistillConfig, DistillDataset, build_models, filter_readable, load_rows
 from aikd.distill.data import EpochStreamSampler, collate, to_float_input
 from aikd.distill.model import to_channels_last
-from aikd.distill.train import teacher_embed_rows, train_distill
+from aikd.distill.teacher import teacher_embed_rows
+from aikd.distill.train import train_distill
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -131,6 +132,37 @@ def student_step_ab(train: pd.DataFrame, batch: int, reps: int = 6) -> dict[str,
             round(batch / statistics.median(v[1:]), 1) for (cl, spec), v in times.items()}
 
 
+def project_default_run(result: dict[str, Any], threads: list[int], n_train_all: int,
+                        n_val: int, n_val_sample: int) -> dict[str, Any]:
+    """Projected wall time of one default run on the demo data, from the measurements
+    (first thread count): what the defaults in DistillConfig were sized by."""
+    d = DistillConfig()
+    t = d.torch_threads if d.torch_threads in threads else threads[0]
+    default = result["scenarios"][f"default (last_n_stages:3, cached teacher) | threads={t}"]
+    n_train = n_train_all if d.train_subset is None else min(d.train_subset, n_train_all)
+    steps = int(d.epochs * (n_train // d.batch_size))
+    infer = result["components"][f"teacher_inference_images_per_s_threads{t}"]
+    per_ckpt = default["timings"]["checkpoint_s"] / max(1, default["checkpoints"] + 1)
+    per_val_image = default["timings"]["final_validation_s"] / n_val_sample
+    projection = {
+        "train_rows_available": n_train_all, "train_images_used": n_train,
+        "val_images": n_val, "optimizer_steps": steps,
+        "setup_s": round(default["timings"]["setup_s"] - n_val_sample / infer, 1),
+        "image_check_s": round((n_train + n_val) / result["components"][
+            "image_check_images_per_s"], 1),
+        "val_teacher_embedding_s (no cache)": round(n_val / infer, 1),
+        "train_s": round(steps * d.batch_size / default["images_per_s"], 1),
+        "train_s_idle_core_estimate": round(steps * d.batch_size / default["images_per_cpu_s"],
+                                            1),
+        "checkpoint_s": round(per_ckpt * (steps // d.checkpoint_every + 1), 1),
+        "final_validation_s": round(per_val_image * n_val, 1),
+    }
+    projection["threads"] = t
+    projection["total_s"] = round(
+        sum(v for k, v in projection.items() if k.endswith("_s") or "_s " in k), 1)
+    return projection
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,33 +232,8 @@ def main() -> None:
             result["scenarios"][f"{name} | threads={threads}"] = run_scenario(
                 f"{name} | t{threads}", cfg.replace(torch_threads=threads), train, val, c)
 
-    # Projected wall time of one default run on the demo data, from the measurements
-    # above (first thread count): what the defaults in DistillConfig were sized by.
-    d = DistillConfig()
-    t = d.torch_threads if d.torch_threads in args.threads else args.threads[0]
-    default = result["scenarios"][f"default (last_n_stages:3, cached teacher) | threads={t}"]
-    n_train = len(train_all) if d.train_subset is None else min(d.train_subset, len(train_all))
-    n_val = len(val_all)
-    steps = int(d.epochs * (n_train // d.batch_size))
-    infer = result["components"][f"teacher_inference_images_per_s_threads{t}"]
-    per_ckpt = default["timings"]["checkpoint_s"] / max(1, default["checkpoints"] + 1)
-    per_val_image = default["timings"]["final_validation_s"] / len(val)
-    projection = {
-        "train_rows_available": len(train_all), "train_images_used": n_train,
-        "val_images": n_val, "optimizer_steps": steps,
-        "setup_s": round(default["timings"]["setup_s"] - len(val) / infer, 1),
-        "image_check_s": round((n_train + n_val) / result["components"][
-            "image_check_images_per_s"], 1),
-        "val_teacher_embedding_s (no cache)": round(n_val / infer, 1),
-        "train_s": round(steps * d.batch_size / default["images_per_s"], 1),
-        "train_s_idle_core_estimate": round(steps * d.batch_size / default["images_per_cpu_s"],
-                                            1),
-        "checkpoint_s": round(per_ckpt * (steps // d.checkpoint_every + 1), 1),
-        "final_validation_s": round(per_val_image * n_val, 1),
-    }
-    projection["threads"] = t
-    projection["total_s"] = round(
-        sum(v for k, v in projection.items() if k.endswith("_s") or "_s " in k), 1)
+    projection = project_default_run(result, args.threads, len(train_all), len(val_all),
+                                     len(val))
     result["projection_default_run"] = projection
     result["loadavg_start"] = [round(x, 2) for x in load_start]
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

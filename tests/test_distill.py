@@ -43,10 +43,10 @@ from aikd.distill import (
     select_trainable,
     train_distill,
 )
-from aikd.distill import train as distill_train
 from aikd.distill.data import collate, to_float_input
 from aikd.distill.model import state_digest, to_channels_last
-from aikd.distill.train import teacher_embed_rows
+from aikd.distill.teacher import teacher_embed_rows
+from aikd.distill.train import update_bn
 from aikd.models import load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def tiny_run(tmp_path_factory, train_with_bad, val_rows):
     recorder = _RecordingMlflow()
     with pytest.MonkeyPatch.context() as mp:
         for name in ("active_run", "log_metrics", "log_artifact"):
-            mp.setattr(distill_train.mlflow, name, getattr(recorder, name))
+            mp.setattr(mlflow, name, getattr(recorder, name))
         result = train_distill(DistillConfig(**TINY), train_with_bad, val_rows, out / "run")
     result.mlflow = recorder  # type: ignore[attr-defined]
     return result
@@ -292,7 +292,7 @@ def test_update_bn_recomputes_statistics_of_the_average(train_rows):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=5), torch.nn.BatchNorm2d(4))
     swa = torch.optim.swa_utils.AveragedModel(net)
     cfg = DistillConfig(batch_size=4, channels_last=False)
-    distill_train._update_bn(swa, ds, cfg, torch.device("cpu"))
+    update_bn(swa, ds, cfg, torch.device("cpu"))
     n = min(len(ds), 50 * cfg.batch_size)
     idx = np.random.default_rng([cfg.seed, 13]).choice(len(ds), n, replace=False)
     x = to_float_input(collate([ds[(0, int(i))] for i in idx])["x_hat"], False)
@@ -481,9 +481,49 @@ def test_resume_reproduces_uninterrupted_run(tiny_run, train_with_bad, val_rows,
                       resume=True)
 
 
+def _tiny_project(root: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
+                  distill: dict) -> Path:
+    """A throw-away project for the distill stage: the rows as an ``lfw`` manifest with
+    reference landmarks, a ``rand`` label method, the teacher cache and a run ``rand-T``."""
+    from aikd.data.io import vectors_table, write_parquet_atomic
+
+    rows = pd.concat([train_rows, val_rows], ignore_index=True)
+    cols = [f"{a}{i}" for i in range(5) for a in ("x", "y")]
+    manifest = rows[["root", "path", "identity", "split"]].assign(in_eval_pairs=False)
+    manifest.to_parquet(_mkparent(root / "manifests" / "lfw.parquet"))
+    marks = rows[["path", *cols]].assign(dataset="lfw", status="ok")
+    marks.to_parquet(_mkparent(root / "landmarks" / "reference" / "lfw.parquet"))
+    rows[["path", "quality"]].to_parquet(_mkparent(root / "labels" / "rand.parquet"))
+    teacher, _ = build_models("dlib_resnet", None, "head", seed=0)
+    vectors = teacher_embed_rows(teacher, rows, workers=0)
+    write_parquet_atomic(vectors_table(rows["path"].tolist(), vectors),
+                         root / "embeddings" / "reference" / "lfw_dlib_resnet.parquet")
+    params = {
+        "seed": 0,
+        "manifest": {"out_dir": str(root / "manifests")},
+        "landmarks": {"out_dir": str(root / "landmarks"), "training_detector": "reference"},
+        "embed": {"out_dir": str(root / "embeddings"), "backbone": "dlib_resnet"},
+        "labels": {"out_dir": str(root / "labels"), "datasets": ["lfw"],
+                   "splits": ["train", "val"]},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+                   "artifact_root": str(root / "artifacts")},
+        "distill": {"out_dir": str(root / "models"), "work_dir": str(root / "checkpoints"),
+                    "runs": {"rand-T": {"labels": "rand", "variant": "T"}},
+                    "variants": {"T": {}}, "val_detectors": [], **distill},
+    }
+    path = root / "params.yaml"
+    path.write_text(json.dumps(params))
+    return path
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.mark.slow
 def test_two_processes_see_disjoint_data_and_end_equal(train_rows, val_rows, tmp_path):
-    """Two CPU processes (gloo DDP) through ``accelerate launch`` of the CLI.
+    """Two CPU processes (gloo DDP): ``accelerate launch -m aikd.distill <run>``.
 
     ``accelerate launch --cpu --num_processes 2`` would go through accelerate's MPI
     launcher (mpirun is not installed here) and silently start a single process;
@@ -493,28 +533,66 @@ def test_two_processes_see_disjoint_data_and_end_equal(train_rows, val_rows, tmp
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.is_file():
         pytest.skip("accelerate CLI not installed in this environment")
-    train_rows.to_parquet(tmp_path / "train.parquet")
-    val_rows.to_parquet(tmp_path / "val.parquet")
     cfg = {**TINY, "batch_size": 3, "trace": True, "check_images": False}
-    (tmp_path / "cfg.yaml").write_text(json.dumps(cfg))
+    params = _tiny_project(tmp_path, train_rows, val_rows, cfg)
     with socket.socket() as sock:  # a free port, so parallel test runs do not collide
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           "-m", "aikd.distill.train", "--config", str(tmp_path / "cfg.yaml"),
-           "--train-rows", str(tmp_path / "train.parquet"),
-           "--val-rows", str(tmp_path / "val.parquet"), "--out-dir", str(tmp_path / "out")]
+           "-m", "aikd.distill", "rand-T", "--params", str(params)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    traces = [json.loads((tmp_path / "out" / "trace" / f"rank{r}.json").read_text())
-              for r in (0, 1)]
+    work = tmp_path / "checkpoints" / "rand-T"
+    traces = [json.loads((work / "trace" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(t["world_size"] == 2 for t in traces)
     seen = [{i for e, i in t["seen"] if e == 0} for t in traces]
     assert len(seen[0]) == len(seen[1]) == 12 and not seen[0] & seen[1]
     assert traces[0]["student_digest"] == traces[1]["student_digest"]
     assert traces[0]["swa_digest"] == traces[1]["swa_digest"]
-    saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    saved = torch.load(tmp_path / "models" / "rand-T" / "model.pt", weights_only=True)
     assert saved["extra"]["steps"] == 4  # 24 images / (3 x 2 processes)
+    assert proc.stdout.count("distill rand-T: 4 steps") == 1  # published once, by rank 0
 
+
+def test_module_entry_point_reports_an_unknown_run(tmp_path):
+    """``python -m aikd.distill`` with a run params.yaml lacks: one line, exit code 2."""
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"distill": {
+        "out_dir": "m", "work_dir": "c", "runs": {"a-T": {"labels": "a", "variant": "T"}},
+        "variants": {"T": {}}, "val_detectors": []}}))
+    proc = subprocess.run([sys.executable, "-m", "aikd.distill", "b-T", "--params", str(params)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "aikd: error: distill run 'b-T' is not in params distill.runs; pick one of a-T or add "
+        "it there"]
+
+
+def test_stage_reads_its_keys_typed():
+    """The stage keys of params ``distill`` are a typed dataclass: a missing key and an
+    unknown run or variant are named; DistillConfig still refuses unknown keys."""
+    from aikd.distill.stage import run_config, run_dir, run_spec, stage_settings
+    from aikd.errors import UsageError
+
+    section = {"out_dir": "models", "work_dir": "ckpt", "variants": {"T": {}, "B": {"w": 0.0}},
+               "runs": {"a-T": {"labels": "a", "variant": "T"},
+                        "a-Z": {"labels": "a", "variant": "Z"}},
+               "val_detectors": ["retinaface"], "lr": 0.01}
+    params = {"seed": 3, "distill": section}
+    assert stage_settings(params).val_detectors == ["retinaface"]
+    assert run_dir(params, "a-T") == Path("models/a-T")
+    assert run_spec(params, "a-T").overrides == {}
+    assert (run_config(params, "a-T").lr, run_config(params, "a-T").seed) == (0.01, 3)
+    with pytest.raises(UsageError, match="'b-T' is not in params distill.runs; pick one of"):
+        run_spec(params, "b-T")
+    with pytest.raises(UsageError, match="variant 'Z' is not in distill.variants"):
+        run_config(params, "a-Z")
+    with pytest.raises(ValueError, match="missing key.s. work_dir"):
+        stage_settings({"distill": {k: v for k, v in section.items() if k != "work_dir"}})
+    with pytest.raises(ValueError, match=r"distill.runs.x-T: missing key\(s\) variant"):
+        run_spec({"distill": {**section, "runs": {"x-T": {"labels": "x"}}}}, "x-T")
+    with pytest.raises(ValueError, match="unknown distill config keys"):
+        run_config({"distill": {**section, "lrr": 1}}, "a-T")

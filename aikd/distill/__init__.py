@@ -7,8 +7,13 @@ not depend on which detector cropped the face. ``max_shift=0, w=0`` is the plain
 quality-regression baseline. See :mod:`aikd.distill.train` for the training API and
 docs/distillation.md for the measured defaults.
 
-The training names (``train_distill``, ``validate_quality``, ...) are imported lazily so
-that ``python -m aikd.distill.train`` does not import its own module twice.
+Modules: ``config`` (DistillConfig), ``data`` (rows, labels, jitter, sampler), ``model``
+(teacher, student, saved quality model), ``loss``, ``teacher`` (teacher embeddings),
+``validation``, ``checkpoints``, ``prepare`` (what a run builds before its first step),
+``train`` (the loop), ``stage`` (the DVC stage) and ``__main__`` (``accelerate launch``).
+
+The training names (``train_distill``, ``validate_quality``, ...) are imported on first
+use: they pull in Accelerate and MLflow, which scoring with a saved model does not need.
 """
 
 from __future__ import annotations
@@ -41,19 +46,20 @@ from aikd.distill.model import (
     select_trainable,
 )
 
-_TRAIN_NAMES = (
-    "TrainResult",
-    "build_validation_pairs",
-    "read_teacher_cache",
-    "teacher_embed_rows",
-    "train_distill",
-    "validate_quality",
-)
+#: Names imported on first use, and the module that holds each.
+_LAZY = {
+    "TrainResult": "aikd.distill.train",
+    "train_distill": "aikd.distill.train",
+    "read_teacher_cache": "aikd.distill.teacher",
+    "teacher_embed_rows": "aikd.distill.teacher",
+    "build_validation_pairs": "aikd.distill.validation",
+    "validate_quality": "aikd.distill.validation",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TRAIN_NAMES:
-        return getattr(importlib.import_module("aikd.distill.train"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aikd.distill' has no attribute {name!r}")
 
 
@@ -79,5 +85,5 @@ __all__ = [
     "read_labels",
     "save_quality_model",
     "select_trainable",
-    *_TRAIN_NAMES,
+    *_LAZY,
 ]

@@ -1,18 +1,23 @@
 """The DVC stage `distill@<run>`: one AI-KD model (T) or its no-AI-KD baseline (B).
 
 params.yaml's ``distill`` section holds the :class:`DistillConfig` fields shared by every
-run plus three keys of its own: ``out_dir``, ``runs`` (``<name>: {labels: <method>,
-variant: B|T[, overrides: {...}]}``) and ``variants`` (the config changes that define a
-variant: B is ``max_shift: 0, w: 0``, plain quality regression from the same code).
-``val_detectors`` adds a validation pAUC per misaligning detector, which the registry
-uses to decide whether a new model beats the champion.
+run plus the stage's own keys (:class:`DistillStageSettings`): ``out_dir``, ``work_dir``,
+``runs`` (``<name>: {labels: <method>, variant: B|T[, overrides: {...}]}``) and
+``variants`` (the config changes that define a variant: B is ``max_shift: 0, w: 0``,
+plain quality regression from the same code). ``val_detectors`` adds a validation pAUC
+per misaligning detector, which the registry uses to decide whether a new model beats
+the champion.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +25,53 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aikd.config import section
+from aikd.config import from_mapping, section
 from aikd.distill.config import DistillConfig
+from aikd.errors import UsageError
 
 log = logging.getLogger("aikd")
 
+
+@dataclass(frozen=True)
+class DistillStageSettings:
+    """The ``distill`` section's own keys; every other key is a DistillConfig field."""
+
+    out_dir: str  # finished runs (DVC outputs)
+    work_dir: str  # training state per run, for resuming
+    runs: dict[str, dict[str, Any]]  # <name>: {labels, variant[, overrides]}
+    variants: dict[str, dict[str, Any]]  # <variant>: DistillConfig changes
+    val_detectors: list[str]  # extra validation pAUC per misaligning detector
+
+
 #: Keys of the ``distill`` params section that are not DistillConfig fields.
-STAGE_KEYS = ("out_dir", "work_dir", "runs", "variants", "val_detectors")
+STAGE_KEYS = tuple(f.name for f in dataclasses.fields(DistillStageSettings))
 #: What the stage publishes from a run's work directory (checkpoints stay behind).
 PUBLISHED = ("model.pt", "metrics.json", "history.csv", "skipped.csv")
 
 
-def run_spec(params: Mapping[str, Any], run: str) -> dict[str, Any]:
-    """``{labels, variant, overrides}`` of one named run (KeyError lists the known runs)."""
-    runs = section(params, "distill").get("runs") or {}
+def stage_settings(params: Mapping[str, Any]) -> DistillStageSettings:
+    """The stage keys of params ``distill`` (a missing one is named)."""
+    values = section(params, "distill")
+    return from_mapping(DistillStageSettings, {k: v for k, v in values.items() if k in STAGE_KEYS},
+                        "distill")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One entry of params ``distill.runs``: its label method, variant and own changes."""
+
+    labels: str
+    variant: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run_spec(params: Mapping[str, Any], run: str) -> RunSpec:
+    """The named run of params ``distill.runs`` (an unknown name lists the known runs)."""
+    runs = stage_settings(params).runs or {}
     if run not in runs:
-        raise KeyError(f"distill run {run!r} is not in params distill.runs ({', '.join(runs)})")
-    spec = dict(runs[run])
-    if "labels" not in spec:
-        raise ValueError(f"distill.runs.{run} needs a 'labels' method")
-    spec.setdefault("variant", "T")
-    spec.setdefault("overrides", {})
-    return spec
+        raise UsageError(f"distill run {run!r} is not in params distill.runs; pick one of "
+                         f"{', '.join(runs)} or add it there")
+    return from_mapping(RunSpec, runs[run], f"distill.runs.{run}")
 
 
 def config_with(params: Mapping[str, Any], *changes: Mapping[str, Any] | None) -> DistillConfig:
@@ -58,25 +88,26 @@ def config_with(params: Mapping[str, Any], *changes: Mapping[str, Any] | None) -
 def run_config(params: Mapping[str, Any], run: str) -> DistillConfig:
     """The run's DistillConfig: shared section, then its variant, then its own overrides."""
     spec = run_spec(params, run)
-    variants = section(params, "distill").get("variants") or {}
-    if spec["variant"] not in variants:
-        raise KeyError(f"distill.runs.{run}: variant {spec['variant']!r} is not in "
-                       f"distill.variants ({', '.join(variants)})")
-    return config_with(params, variants[spec["variant"]], spec["overrides"])
+    variants = stage_settings(params).variants or {}
+    if spec.variant not in variants:
+        raise UsageError(f"distill.runs.{run}: variant {spec.variant!r} is not in "
+                         f"distill.variants; use one of {', '.join(variants)} or add it there")
+    return config_with(params, variants[spec.variant], spec.overrides)
 
 
 def run_dir(params: Mapping[str, Any], run: str) -> Path:
     """Where the finished model of a run lives (DVC-tracked, read by later stages)."""
-    return Path(section(params, "distill").get("out_dir", "models")) / run
+    return Path(stage_settings(params).out_dir) / run
 
 
 def work_dir(params: Mapping[str, Any], run: str) -> Path:
     """Where a run trains and keeps its checkpoints (untracked, survives a killed stage)."""
-    return Path(section(params, "distill").get("work_dir", "checkpoints")) / run
+    return Path(stage_settings(params).work_dir) / run
 
 
-def _labelled_rows(params: Mapping[str, Any], method: str) -> tuple[pd.DataFrame, int]:
-    """Training-detector rows of the label data sets that have a finite label."""
+def labelled_rows(params: Mapping[str, Any], method: str) -> tuple[pd.DataFrame, int]:
+    """(rows, n_unlabelled): training-detector rows of the label data sets that have a
+    finite ``method`` label, and how many rows were left out for having none."""
     from aikd.data.training import training_rows
     from aikd.distill.data import read_labels
     from aikd.paths import labels_path
@@ -88,11 +119,12 @@ def _labelled_rows(params: Mapping[str, Any], method: str) -> tuple[pd.DataFrame
     return rows[finite].reset_index(drop=True), int((~finite).sum())
 
 
-def _val_landmarks(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+def val_landmarks(params: Mapping[str, Any], detectors: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """``{detector: landmarks of every label data set}`` for the validation pAUC per detector."""
     from aikd.paths import landmarks_path
 
     tables: dict[str, pd.DataFrame] = {}
-    for det in section(params, "distill").get("val_detectors") or []:
+    for det in detectors:
         frames = [pd.read_parquet(landmarks_path(params, ds, det))
                   for ds in section(params, "labels")["datasets"]
                   if landmarks_path(params, ds, det).is_file()]
@@ -112,22 +144,28 @@ def distill_stage(params: Mapping[str, Any], run: str, *, resume: bool = True) -
 
     spec = run_spec(params, run)
     cfg = run_config(params, run)
-    rows, unlabelled = _labelled_rows(params, spec["labels"])
+    settings = stage_settings(params)
+    rows, unlabelled = labelled_rows(params, spec.labels)
     train = rows[rows["split"] == "train"].reset_index(drop=True)
     val = rows[rows["split"] == "val"].reset_index(drop=True)
     if unlabelled:
         log.warning("distill %s: %d training images have no %s label (e.g. a singleton "
-                    "identity) and are left out", run, unlabelled, spec["labels"])
-    detector = section(params, "landmarks").get("training_detector", "reference")
+                    "identity) and are left out", run, unlabelled, spec.labels)
+    detector = section(params, "landmarks")["training_detector"]
     cache = [embeddings_path(params, ds, detector) for ds in section(params, "labels")["datasets"]]
     out = run_dir(params, run)
     work = work_dir(params, run)
-    log_params = {"run": run, "labels": spec["labels"], "variant": spec["variant"],
+    # Under `accelerate launch` every process runs this; one of them records and publishes.
+    main = int(os.environ.get("RANK", "0")) == 0
+    log_params = {"run": run, "labels": spec.labels, "variant": spec.variant,
                   "unlabelled_images": unlabelled, **cfg.to_dict()}
-    with stage_run("distill", params, run_name=f"distill-{run}", log_params=log_params):
-        mlflow.set_tags({"aikd.label_method": spec["labels"], "aikd.variant": spec["variant"]})
+    tracked = (stage_run("distill", params, run_name=f"distill-{run}", log_params=log_params)
+               if main else contextlib.nullcontext())
+    with tracked:
+        if main:
+            mlflow.set_tags({"aikd.label_method": spec.labels, "aikd.variant": spec.variant})
         kw = dict(labels=None, teacher_cache=[str(c) for c in cache],
-                  val_landmarks=_val_landmarks(params) or None)
+                  val_landmarks=val_landmarks(params, settings.val_detectors) or None)
         try:
             result = train_distill(cfg, train, val, work, resume=resume, **kw)
         except ValueError as exc:
@@ -135,9 +173,10 @@ def distill_stage(params: Mapping[str, Any], run: str, *, resume: bool = True) -
                 raise
             log.warning("%s; starting %s over", exc, run)
             result = train_distill(cfg, train, val, work, resume=False, **kw)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in PUBLISHED:
-        shutil.copy2(work / name, out / name)
-    print(f"distill {run}: {result.steps} steps on {result.train_images} images in "
-          f"{result.seconds:.0f} s; {result.metrics}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED:
+            shutil.copy2(work / name, out / name)
+        print(f"distill {run}: {result.steps} steps on {result.train_images} images in "
+              f"{result.seconds:.0f} s; {result.metrics}")
     return out

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import math
 
+#: FMRs at which training validation reports pAUC (``val_pauc_fmr1e-2``, ``..1e-3``); tuning
+#: objectives and the registry's champion metric must be one of them.
+VALIDATION_FMRS = (1e-2, 1e-3)
+
 #: Variants of a trained quality model: B plain regression, C consistency only, T AI-KD.
 TRAINED_VARIANTS = ("B", "C", "T")
 

@@ -18,17 +18,14 @@ import pandas as pd
 import torch
 
 from aikd.config import add_params_options, load_params, section
-from aikd.naming import pauc_metric
-
-#: The FMRs of the distill stage's validation pAUCs (``val_pauc_fmr<tag>[_<detector>]``).
-VAL_FMRS = (1e-2, 1e-3)
+from aikd.naming import VALIDATION_FMRS, pauc_metric
 
 
 def metric_names(val_detectors: list[str]) -> list[str]:
     """The columns of the table: losses, then pAUC on the reference alignment, then per
     detector of ``distill.val_detectors``."""
     return ["val_quality_loss", "val_cosine",
-            *(pauc_metric(fmr, det) for det in [None, *val_detectors] for fmr in VAL_FMRS)]
+            *(pauc_metric(fmr, det) for det in [None, *val_detectors] for fmr in VALIDATION_FMRS)]
 
 
 def variant_of(max_shift: float, w: float) -> str:

@@ -31,10 +31,7 @@ from aikd.distill.data import (
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import QualityModel, cosine
 from aikd.evaluation.edc import UndefinedPAUCWarning, pauc
-from aikd.naming import pauc_metric
-
-#: FMRs of the validation pAUC metrics (``val_pauc_fmr1e-2``, ``val_pauc_fmr1e-3``).
-VAL_FMRS = (1e-2, 1e-3)
+from aikd.naming import VALIDATION_FMRS, pauc_metric
 
 
 def build_validation_pairs(identities: Sequence[Any], seed: int = 0) -> pd.DataFrame:
@@ -209,7 +206,7 @@ def _pauc_metrics(model: nn.Module, val_rows: pd.DataFrame, e: np.ndarray, q: np
             model, val_rows, landmarks_for(val_rows, table), template, **kw
         )
     for detector, qual in sources.items():
-        for fmr in VAL_FMRS:
+        for fmr in VALIDATION_FMRS:
             out[pauc_metric(fmr, detector)] = _pauc_or_nan(sim, mated, qual[a], qual[b], fmr)
     return out
 

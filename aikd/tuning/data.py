@@ -71,10 +71,7 @@ def labelled_sweep_rows(params: Mapping[str, Any], settings: TuneSettings
                         ) -> tuple[pd.DataFrame, int]:
     """The distill stage's labelled rows (training-detector landmarks, finite labels) of
     the sweep's data sets, roots absolute for the Ray workers; and the unlabelled count."""
-    try:
-        from aikd.distill.stage import labelled_rows
-    except ImportError:  # TEMPORARY, until the distill branch renames _labelled_rows
-        from aikd.distill.stage import _labelled_rows as labelled_rows
+    from aikd.distill.stage import labelled_rows
     from aikd.paths import labels_path, landmarks_path, manifest_path
 
     datasets = sweep_datasets(params, settings)

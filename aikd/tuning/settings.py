@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aikd.config import from_mapping, section
 from aikd.errors import UsageError
+from aikd.naming import VALIDATION_FMRS
 
 if TYPE_CHECKING:
     from aikd.distill import DistillConfig
@@ -28,7 +29,6 @@ ARCFACE112_IOD_PX = 35.2377
 SEARCH_ALGORITHMS = ("random", "optuna", "hyperopt")
 
 #: The FMRs whose validation pAUC ``validate_quality`` reports (the objective's choices).
-VALIDATION_FMRS = (1e-2, 1e-3)
 
 #: What every trial is, whatever the distill section says: Ray stops trials by killing
 #: them, so they keep no checkpoints, draw no progress bars and validate on the whole

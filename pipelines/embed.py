@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.embed import embed_stage
+from aikd.embed.stage import embed_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__, "dataset", "detector")

@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.quality import quality_stage
+from aikd.quality.stage import quality_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__, "dataset", "detector")

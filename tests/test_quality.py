@@ -139,3 +139,14 @@ def test_score_faces_records_failures_and_resumes(lfw_sample: pd.DataFrame, lfw_
     other = _Mean()
     score_faces(rows, [other, sharp], out_path=out, **{**kw, "signature": "v2"})
     assert other.seen == 8
+
+
+def test_quality_settings_come_from_params_and_reject_unknown_keys() -> None:
+    from aikd.config import from_section, load_params
+    from aikd.quality.stage import QualitySettings
+
+    params_file = Path(__file__).resolve().parents[1] / "params.yaml"
+    cfg = from_section(QualitySettings, load_params(params_file), "quality")
+    assert cfg.direct == ["serfiq"] and cfg.baselines == ["flip", "sharpness"]
+    with pytest.raises(ValueError, match="treads"):
+        from_section(QualitySettings, load_params(params_file, ["quality.treads=2"]), "quality")

@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from aikd.align import align_to_template
 from aikd.data.images import ImageReadError, read_rgb
-from aikd.embed import POINT_COLUMNS, AlignedFaces, landmarks_array
+from aikd.faces import iter_faces as iter_faces  # one home: aikd.faces (re-exported)
+from aikd.faces import landmarks_array
+from aikd.landmarks.base import POINT_COLUMNS
 from aikd.transforms import jitter_landmarks, jitter_pipeline
 
 log = logging.getLogger(__name__)
@@ -422,29 +424,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         else:
             out[key] = torch.from_numpy(np.asarray(vals))
     return out
-
-
-def iter_faces(
-    files: Sequence[str],
-    landmarks: np.ndarray,
-    template: str,
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-) -> Iterator[tuple[np.ndarray, torch.Tensor | None, list[tuple[int, str]]]]:
-    """Yield (indices, uint8 NHWC batch or None, failures) of faces aligned from landmarks.
-
-    Like ``aikd.embed.iter_aligned`` but keeps uint8 NHWC (see :func:`to_float_input`).
-    """
-    loader = DataLoader(
-        AlignedFaces(files, landmarks, template), batch_size=batch_size,
-        num_workers=workers, collate_fn=list,
-    )
-    for items in loader:
-        good = [(i, f) for i, f, _ in items if f is not None]
-        bad = [(i, msg) for i, f, msg in items if f is None]
-        batch = torch.from_numpy(np.stack([f for _, f in good])) if good else None
-        yield np.array([i for i, _ in good], dtype=np.int64), batch, bad
 
 
 def to_float_input(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:

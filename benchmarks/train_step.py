@@ -30,10 +30,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from aikd.distill import DistillConfig, DistillDataset, build_models, filter_readable, load_rows
-from aikd.distill.data import EpochStreamSampler, collate, to_float_input
+from aikd.distill.data import EpochStreamSampler, collate
 from aikd.distill.model import to_channels_last
 from aikd.distill.teacher import teacher_embed_rows
 from aikd.distill.train import train_distill
+from aikd.faces import to_float_input
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {

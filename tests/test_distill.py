@@ -43,10 +43,11 @@ from aikd.distill import (
     select_trainable,
     train_distill,
 )
-from aikd.distill.data import collate, to_float_input
+from aikd.distill.data import collate
 from aikd.distill.model import state_digest, to_channels_last
 from aikd.distill.teacher import teacher_embed_rows
 from aikd.distill.train import update_bn
+from aikd.faces import to_float_input
 from aikd.models import load_backbone
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,8 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from aikd.align import align_to_template
 from aikd.data.images import ImageReadError, read_rgb
-from aikd.faces import iter_faces as iter_faces  # one home: aikd.faces (re-exported)
-from aikd.faces import landmarks_array
+from aikd.faces import landmarks_array, row_files
 from aikd.landmarks.base import POINT_COLUMNS
 from aikd.transforms import jitter_landmarks, jitter_pipeline
 
@@ -150,10 +149,6 @@ def landmarks_for(rows: pd.DataFrame, table: pd.DataFrame | None) -> np.ndarray:
     table = table.drop_duplicates("path")[["path", *POINT_COLUMNS]]
     merged = rows[["path"]].merge(table, on="path", how="left")
     return landmarks_array(merged)
-
-
-def row_files(rows: pd.DataFrame) -> list[str]:
-    return [str(Path(r) / p) for r, p in zip(rows["root"], rows["path"], strict=True)]
 
 
 def filter_readable(
@@ -424,13 +419,3 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         else:
             out[key] = torch.from_numpy(np.asarray(vals))
     return out
-
-
-def to_float_input(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 NHWC batch -> float32 NCHW in [0, 255], the backbones' input contract.
-
-    The permuted view of NHWC memory already is a channels-last NCHW tensor, so the
-    channels-last path costs no copy beyond the float conversion.
-    """
-    out = batch.float().permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()

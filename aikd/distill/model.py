@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from aikd.distill.data import LabelNorm, iter_faces, landmarks_for, to_float_input
+from aikd.distill.data import LabelNorm, landmarks_for
+from aikd.faces import iter_faces, to_float_input
 from aikd.models import available_backbones, load_backbone
 from aikd.models.dlib_resnet import DlibResNet
 from aikd.models.iresnet import IRESNET_LAYERS, IResNet, iresnet

@@ -16,8 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from aikd.distill.data import iter_faces, row_files, to_float_input
-from aikd.embed import landmarks_array
+from aikd.faces import iter_faces, landmarks_array, row_files, to_float_input
 
 log = logging.getLogger(__name__)
 

@@ -58,12 +58,13 @@ from tqdm import tqdm
 
 from aikd.distill.checkpoints import list_checkpoints, save_checkpoint
 from aikd.distill.config import DistillConfig
-from aikd.distill.data import DistillDataset, LabelNorm, collate, to_float_input
+from aikd.distill.data import DistillDataset, LabelNorm, collate
 from aikd.distill.loss import LossTerms
 from aikd.distill.model import has_batchnorm, save_quality_model, state_digest
 from aikd.distill.prepare import OnValidation, TrainingRun, prepare_run, subset_rows
 from aikd.distill.teacher import read_teacher_cache, teacher_embed_rows
 from aikd.distill.validation import validate_quality
+from aikd.faces import to_float_input
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from aikd.data.images import read_rgb
-from aikd.distill.data import (
-    VAL_EPOCH,
-    DistillDataset,
-    LabelNorm,
-    iter_faces,
-    landmarks_for,
-    row_files,
-    to_float_input,
-)
+from aikd.distill.data import VAL_EPOCH, DistillDataset, LabelNorm, landmarks_for
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import QualityModel, cosine
 from aikd.evaluation.edc import UndefinedPAUCWarning, pauc
+from aikd.faces import iter_faces, row_files, to_float_input
 from aikd.naming import VALIDATION_FMRS, pauc_metric
 
 

@@ -31,14 +31,6 @@ class Arg:
 
 
 @dataclass(frozen=True)
-class Flag:
-    """An extra ``store_true`` option of one command, e.g. ``distill --restart``."""
-
-    option: str
-    help: str
-
-
-@dataclass(frozen=True)
 class Command:
     """One row of the command table.
 
@@ -56,7 +48,7 @@ class Command:
     target: str
     kind: str = "stage"
     args: tuple[Arg, ...] = ()
-    flags: tuple[Flag, ...] = ()
+    flags: tuple[tuple[str, str], ...] = ()  # (option, help) of store_true options
     kwargs: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     arguments: str | None = None
 
@@ -84,7 +76,7 @@ COMMANDS: dict[str, Command] = {
     "distill": Command(
         "train AI-KD (T) / baseline (B) runs from params", "aikd.distill.stage:distill_stage",
         args=(Arg("run", "+", "run name(s) from params distill.runs"),),
-        flags=(Flag("--restart", "ignore checkpoints, start over"),),
+        flags=(("--restart", "ignore checkpoints, start over"),),
         kwargs=lambda a: {"resume": not a.restart}),
     "pairs": Command(
         "write a benchmark's verification pairs", f"{_EVALUATION}:pairs_stage",
@@ -131,8 +123,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, conflict_handler="resolve")
         for arg in cmd.args:
             p.add_argument(arg.name, nargs=arg.nargs, help=arg.help)
-        for flag in cmd.flags:
-            p.add_argument(flag.option, action="store_true", help=flag.help)
+        for option, flag_help in cmd.flags:
+            p.add_argument(option, action="store_true", help=flag_help)
         add_params_options(p)
         # SUPPRESS: `aikd --debug cmd` must not be reset by the subcommand's default.
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -200,7 +200,9 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The stages' progress at INFO; libraries (great_expectations, mlflow) only warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aikd").setLevel(logging.INFO)
     debug = "--debug" in argv
     try:
         args = build_parser(_command_in(argv)).parse_args(argv)

@@ -211,6 +211,14 @@ def test_python_m_aikd_reports_a_missing_params_file(tmp_path: Path) -> None:
     assert res.returncode == 1 and "Traceback" in res.stderr
 
 
+def test_python_m_aikd_reports_an_unknown_dataset_in_one_line(tmp_path: Path) -> None:
+    """A real stage: its imports (great_expectations, mlflow) log nothing at INFO."""
+    (tmp_path / "params.yaml").write_text(
+        "seed: 0\nmanifest: {out_dir: m}\ndatasets: {lfw: {kind: lfw, root: lfw}}\n")
+    _one_line(_aikd("manifest", "nope", cwd=tmp_path), 2,
+              "dataset 'nope' is not in params 'datasets' (lfw)")
+
+
 # ---------------------------------------------------------------------------------------
 # `aikd score` input errors (aikd.registry.command.run_score raises UsageError for them).
 

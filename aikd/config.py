@@ -63,6 +63,13 @@ def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(params[name])
 
 
+def global_seed(params: Mapping[str, Any]) -> int:
+    """params.yaml's top-level ``seed``, which every random choice of every stage derives from."""
+    if "seed" not in params:
+        raise KeyError("params has no top-level 'seed' (params.yaml sets `seed: 0`)")
+    return int(params["seed"])
+
+
 def add_params_options(parser: argparse.ArgumentParser) -> None:
     """The ``--params`` / ``-S key=value`` options every stage command and script takes."""
     parser.add_argument("--params", default=str(DEFAULT_PARAMS),

@@ -10,22 +10,39 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import yaml
 
+from aikd.config import from_mapping
+
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "aikd"
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """params.yaml ``mlflow``. The defaults serve `aikd score` run outside a project,
+    where there is no params.yaml."""
+
+    tracking_uri: str = DEFAULT_URI
+    experiment: str = DEFAULT_EXPERIMENT
+    artifact_root: str = "mlruns/artifacts"  # of a new experiment in a sqlite store
+
+
+def mlflow_settings(params: Mapping[str, Any] | None) -> MlflowSettings:
+    """The ``mlflow`` section (absent or empty: the defaults)."""
+    return from_mapping(MlflowSettings, (params or {}).get("mlflow"), "mlflow")
 
 
 def tracking_uri(params: Mapping[str, Any] | None = None) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    cfg = (params or {}).get("mlflow", {}) or {}
-    return str(cfg.get("tracking_uri", DEFAULT_URI))
+    return str(mlflow_settings(params).tracking_uri)
 
 
 def setup_mlflow(params: Mapping[str, Any] | None = None) -> str:
@@ -34,12 +51,12 @@ def setup_mlflow(params: Mapping[str, Any] | None = None) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    cfg = (params or {}).get("mlflow", {}) or {}
-    name = str(cfg.get("experiment", DEFAULT_EXPERIMENT))
+    cfg = mlflow_settings(params)
+    name = str(cfg.experiment)
     if mlflow.get_experiment_by_name(name) is None:
         artifacts = None
         if uri.startswith("sqlite:"):
-            artifacts = Path(cfg.get("artifact_root", "mlruns/artifacts")).resolve().as_uri()
+            artifacts = Path(cfg.artifact_root).resolve().as_uri()
         mlflow.create_experiment(name, artifact_location=artifacts)
     mlflow.set_experiment(name)
     return uri

@@ -426,3 +426,18 @@ def test_csv_import_rejects_bad_header(tmp_path: Path) -> None:
         import_label_csv(_write(tmp_path, "file,score\na.jpg,1\n"), MANIFEST)
     with pytest.raises(ValueError, match="empty"):
         import_label_csv(_write(tmp_path, ""), MANIFEST)
+
+
+def test_labels_settings_from_the_repo_params() -> None:
+    """params.yaml `labels` as typed settings; a typo in a method's section is named."""
+    from aikd.config import apply_overrides, load_params
+    from aikd.fiqa.settings import labels_settings
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    cfg = labels_settings(params)
+    assert cfg.serfiq.T == params["labels"]["serfiq"]["T"]
+    assert cfg.sddfiqa.m == params["labels"]["sddfiqa"]["m"] and cfg.csv.path is None
+    with pytest.raises(ValueError, match="labels.sddfiqa: unknown key\\(s\\) mm"):
+        labels_settings(apply_overrides(params, ["labels.sddfiqa.mm=3"]))
+    with pytest.raises(ValueError, match="labels.crfiqa: missing key\\(s\\) variant"):
+        labels_settings(apply_overrides(params, ["labels.crfiqa={}"]))

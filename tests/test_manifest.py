@@ -161,3 +161,29 @@ def test_ytf_manifest_reports_a_stray_file_instead_of_crashing(tmp_path, ytf_roo
     assert res.manifest.sort_values("path")["video"].tolist() == expected
     assert res.rejected["path"].tolist() == [f"images/{person}/holiday.jpg"]
     assert "not a YTF frame name" in res.rejected["reason"].iloc[0]
+
+
+def test_dataset_spec_reads_entries_with_their_optional_keys() -> None:
+    """`datasets.<name>`: kind and root required; splits default to 80/10/10; a subset is typed."""
+    from aikd.data.datasets import DEFAULT_SPLITS, Subset, dataset_spec
+
+    params = {"datasets": {"mine": {"kind": "folder", "root": "/faces"},
+                           "lfw": {"kind": "lfw", "root": "x", "splits": {"train": 1.0},
+                                   "subset": {"identities": 6, "max_images": 4}}}}
+    mine = dataset_spec(params, "mine")
+    assert (mine.kind, mine.root, mine.splits, mine.subset) == ("folder", "/faces",
+                                                               DEFAULT_SPLITS, None)
+    assert dataset_spec(params, "lfw").subset == Subset(identities=6, max_images=4)
+    with pytest.raises(KeyError, match="dataset 'nope' is not in params 'datasets' \\(mine, lfw"):
+        dataset_spec(params, "nope")
+    params["datasets"]["mine"]["split"] = {"train": 1.0}
+    with pytest.raises(ValueError, match="datasets.mine: unknown key\\(s\\) split"):
+        dataset_spec(params, "mine")
+
+
+def test_repo_params_datasets_are_valid_specs() -> None:
+    from aikd.data.datasets import dataset_spec
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert {n: dataset_spec(params, n).kind for n in params["datasets"]} == {
+        "lfw": "lfw", "ytf": "ytf"}

@@ -36,6 +36,20 @@ def test_landmark_table_gate_catches_each_problem():
         report.raise_for_failure()
 
 
+def test_failure_message_starts_with_one_summary_line(tmp_path):
+    """The CLI prints the first line only: it names the table, the count and the report."""
+    table, manifest = _landmark_table()
+    table.loc[5:20, "status"] = "no_face"
+    report = validate_landmarks(table, manifest, "bad", max_failure_rate=0.2)
+    path = report.write(tmp_path / "bad_validation.md")
+    with pytest.raises(DataValidationError) as exc:
+        report.raise_for_failure()
+    first, rest = str(exc.value).split("\n", 1)
+    assert first == (f"validation of {report.name} failed: {len(report.failures)} of "
+                     f"{report.n_expectations} expectations (report: {path})")
+    assert rest.strip() == report.to_markdown().strip() and exc.value.exit_code == 1
+
+
 def test_failed_rows_may_lack_points():
     table, manifest = _landmark_table()
     table.loc[0, [f"x{i}" for i in range(5)]] = np.nan

@@ -12,7 +12,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from aikd.config import section
+from aikd.config import global_seed
+from aikd.data.datasets import dataset_entry, dataset_spec
 from aikd.data.io import file_md5
 from aikd.data.manifest import build_manifest
 from aikd.data.validation import validate_manifest
@@ -22,32 +23,19 @@ from aikd.tracking import stage_run
 log = logging.getLogger("aikd")
 
 
-def _dataset_cfg(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    datasets = section(params, "datasets")
-    if dataset not in datasets:
-        raise KeyError(f"dataset {dataset!r} is not in params 'datasets' ({', '.join(datasets)})")
-    return dict(datasets[dataset])
-
-
 def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
     """Write data/manifests/<dataset>.parquet (+ _rejected.csv, validation report)."""
-    cfg = _dataset_cfg(params, dataset)
+    spec = dataset_spec(params, dataset)
+    seed = global_seed(params)
     out = manifest_path(params, dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = build_manifest(
-        cfg["kind"],
-        cfg["root"],
-        fractions=cfg.get("splits", {"train": 0.8, "val": 0.1, "test": 0.1}),
-        seed=int(params.get("seed", 0)),
-        dataset=dataset,
-    )
-    if cfg.get("subset"):  # e.g. the smoke profile: {identities: 8, max_images: 4}
+    res = build_manifest(spec.kind, spec.root, fractions=spec.splits, seed=seed, dataset=dataset)
+    if spec.subset:  # e.g. the smoke profile: {identities: 8, max_images: 4}
         from aikd.data.manifest import subset_manifest
 
-        sub = dict(cfg["subset"])
         res = dataclasses.replace(res, manifest=subset_manifest(
-            res.manifest, identities=int(sub["identities"]), max_images=sub.get("max_images"),
-            seed=int(params.get("seed", 0))))
+            res.manifest, identities=int(spec.subset.identities),
+            max_images=spec.subset.max_images, seed=seed))
     report = validate_manifest(res.manifest, dataset)
     report_path = report.write(out.parent / f"{dataset}_validation.md")
     rejected_path = out.parent / f"{dataset}_rejected.csv"
@@ -62,19 +50,19 @@ def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
     (out.parent / f"{dataset}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     # Hashes of the data set's side files (reference landmarks, pairs lists): stages that
     # read them depend on this file, so an edited landmark file re-runs them.
-    sources = {f.name: file_md5(f) for f in sorted(Path(cfg["root"]).glob("*")) if f.is_file()}
+    sources = {f.name: file_md5(f) for f in sorted(Path(spec.root).glob("*")) if f.is_file()}
     (out.parent / f"{dataset}_sources.json").write_text(json.dumps(sources, indent=2) + "\n")
     with stage_run(
         "manifest",
         params,
         run_name=f"manifest-{dataset}",
-        log_params={"dataset": cfg, "seed": params.get("seed", 0)},
+        log_params={"dataset": dataset_entry(params, dataset), "seed": seed},
     ):
         mlflow.log_metrics({f"manifest.{k}": float(v) for k, v in summary.items()})
         mlflow.log_artifact(str(report_path))
         mlflow.log_artifact(str(rejected_path))
     for _, row in res.rejected.iterrows():
-        log.warning("%s: skipped (%s)", Path(cfg["root"]) / row["path"], row["reason"])
+        log.warning("%s: skipped (%s)", Path(spec.root) / row["path"], row["reason"])
     report.raise_for_failure()
     res.manifest.to_parquet(out, index=False)
     print(f"manifest {dataset}: {summary}")

@@ -11,11 +11,16 @@ from aikd.config import section
 from aikd.paths import landmarks_path, manifest_path
 
 
+def training_detector(params: Mapping[str, Any]) -> str:
+    """The detector whose landmarks align the training images (``landmarks.training_detector``)."""
+    return str(section(params, "landmarks")["training_detector"])
+
+
 def training_rows(params: Mapping[str, Any]) -> pd.DataFrame:
     """Images the quality model may learn from: non-evaluation splits of the training data
     sets, with their training-detector landmarks (`ok` rows only)."""
     cfg = section(params, "labels")
-    detector = section(params, "landmarks").get("training_detector", "reference")
+    detector = training_detector(params)
     frames = []
     for ds in cfg["datasets"]:
         manifest = pd.read_parquet(manifest_path(params, ds))

@@ -1,7 +1,8 @@
 """Great Expectations suites that gate each table before anything downstream uses it.
 
-A failed suite raises `DataValidationError` whose message is a readable report (which
-expectation failed, how many rows, examples), also written to disk for DVC/MLflow.
+A failed suite raises `DataValidationError`: its first line names the table, the count of
+failed expectations and the report file; the rest is the readable report (which expectation
+failed, how many rows, examples), also written to disk for DVC/MLflow.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 
+from aikd.errors import AikdError  # noqa: E402
+
 LANDMARK_STATUSES = ("ok", "no_face", "unreadable", "error", "no_reference")
 
 
-class DataValidationError(ValueError):
-    """A table failed its expectation suite; str() is the readable report."""
+class DataValidationError(AikdError, ValueError):
+    """A table failed its expectation suite (a failure, exit 1): a one-line summary, then
+    the readable report."""
 
 
 @dataclass
@@ -34,6 +38,7 @@ class ValidationReport:
     n_rows: int
     failures: list[dict[str, Any]] = field(default_factory=list)
     n_expectations: int = 0
+    path: Path | None = field(default=None, compare=False)  # where write() put the report
 
     def to_markdown(self) -> str:
         head = "PASSED" if self.success else "FAILED"
@@ -53,11 +58,15 @@ class ValidationReport:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(self.to_markdown())
+        self.path = p
         return p
 
     def raise_for_failure(self) -> None:
         if not self.success:
-            raise DataValidationError(self.to_markdown())
+            where = f" (report: {self.path})" if self.path else ""
+            raise DataValidationError(
+                f"validation of {self.name} failed: {len(self.failures)} of "
+                f"{self.n_expectations} expectations{where}\n\n{self.to_markdown()}")
 
 
 def _context() -> Any:

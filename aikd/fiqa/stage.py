@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -13,28 +14,29 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from aikd.config import section
+from aikd.config import global_seed, section
 from aikd.data.io import write_parquet_atomic
-from aikd.data.training import training_rows
+from aikd.data.training import training_detector, training_rows
+from aikd.errors import UsageError
+from aikd.fiqa.settings import SerfiqSettings, labels_settings
 from aikd.paths import embeddings_path, labels_path
 from aikd.tracking import stage_run
 
 log = logging.getLogger("aikd")
 
 
-def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, cfg: Mapping[str, Any]):
+def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, s: SerfiqSettings):
     import torch
 
     from aikd.embed import iter_aligned, landmarks_array
     from aikd.fiqa import serfiq_scores
     from aikd.models import load_backbone
 
-    s = dict(cfg.get("serfiq", {}))
     model = load_backbone(section(params, "embed")["backbone"]).eval()
     files = [str(Path(r) / p) for r, p in zip(rows["root"], rows["path"], strict=True)]
     quality = np.full(len(rows), np.nan)
     status = np.full(len(rows), "ok", dtype=object)
-    seed = int(params.get("seed", 0))
+    seed = global_seed(params)
     torch.manual_seed(seed)
     batches = iter_aligned(files, landmarks_array(rows), model.template, batch_size=128)
     for b, (idx, batch, bad) in enumerate(tqdm(batches, desc="serfiq", unit="batch",
@@ -43,9 +45,8 @@ def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, cfg: Mapping[s
             status[i] = msg
         if batch is not None:
             quality[np.asarray(idx)] = serfiq_scores(
-                model, batch, T=int(s.get("T", 100)), rate=float(s.get("rate", 0.5)),
-                placement=s.get("placement", "pooled"), dropout=s.get("dropout", "element"),
-                seed=seed + b,
+                model, batch, T=int(s.T), rate=float(s.rate), placement=s.placement,
+                dropout=s.dropout, seed=seed + b,
             )
     return quality, status
 
@@ -58,9 +59,9 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
     from aikd.data.validation import validate_labels
     from aikd.fiqa import crfiqa_labels, import_label_csv, sddfiqa_labels
 
-    cfg = section(params, "labels")
+    cfg = labels_settings(params)
     rows = training_rows(params)
-    detector = section(params, "landmarks").get("training_detector", "reference")
+    detector = training_detector(params)
     quality = np.full(len(rows), np.nan)
     status = np.full(len(rows), "ok", dtype=object)  # why a row has no label
     unmatched = pd.DataFrame()
@@ -76,24 +77,23 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # singletons are counted below
                 if method == "sddfiqa":
-                    s = cfg.get("sddfiqa", {})
-                    q = sddfiqa_labels(emb, ids, m=int(s.get("m", 24)), k=int(s.get("k", 12)),
-                                       seed=int(params.get("seed", 0)))
+                    q = sddfiqa_labels(emb, ids, m=int(cfg.sddfiqa.m), k=int(cfg.sddfiqa.k),
+                                       seed=global_seed(params))
                 else:
-                    q = crfiqa_labels(emb, ids, variant=cfg.get("crfiqa", {}).get("variant",
-                                                                                 "paper"))
+                    q = crfiqa_labels(emb, ids, variant=cfg.crfiqa.variant)
             quality[np.asarray(idx)[have]] = q
     elif method == "serfiq":
-        quality, status = _serfiq_labels(params, rows, cfg)
+        quality, status = _serfiq_labels(params, rows, cfg.serfiq)
     elif method == "csv":
-        src = cfg.get("csv", {}).get("path")
+        src = cfg.csv.path
         if not src:
-            raise ValueError("labels.csv.path is not set in params")
+            raise UsageError("labels.csv.path is not set in params; set it with "
+                             "-S labels.csv.path=<path,quality CSV>")
         imported, unmatched = import_label_csv(src, rows)
         quality = rows["path"].map(imported.set_index("path")["quality"]).to_numpy(float)
         status[np.isnan(quality)] = "not_in_csv"
     else:
-        raise ValueError(f"unknown label method {method!r}; expected serfiq, sddfiqa, crfiqa, csv")
+        raise UsageError(f"unknown label method {method!r}; expected serfiq, sddfiqa, crfiqa, csv")
     singleton = rows.groupby(["dataset", "identity"])["path"].transform("size").to_numpy() == 1
     status[(status == "ok") & np.isnan(quality) & singleton] = "singleton_identity"
     status[(status == "ok") & np.isnan(quality)] = "no_label"
@@ -108,7 +108,7 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
         # Both compare an image with the person's other images: a singleton identity has no
         # label by construction (counted in the summary), so coverage is gated on the rest.
         gate = labels[~singleton]
-    report = validate_labels(gate, method, float(cfg.get("min_coverage", 0.8)))
+    report = validate_labels(gate, method, float(cfg.min_coverage))
     report_path = report.write(out.with_name(f"{method}_validation.md"))
     q = labels["quality"]
     summary = {
@@ -123,7 +123,7 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
     }
     (out.with_name(f"{method}_summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
     with stage_run("labels", params, run_name=f"labels-{method}",
-                   log_params={"method": method, **cfg}):
+                   log_params={"method": method, **dataclasses.asdict(cfg)}):
         mlflow.log_metrics({f"labels.{k}": float(v) for k, v in summary.items()})
         mlflow.log_artifact(str(report_path))
     print(f"labels {method}: {summary}")

@@ -1,12 +1,12 @@
 """Face recognition backbones in PyTorch: dlib's ResNet (exact port) and ArcFace iresnets."""
 
-from aikd.models.dlib_resnet import (
+from aikd.models.dlib_dat import (
     DlibModelFormatError,
     DlibNet,
-    DlibResNet,
     default_dlib_model_path,
     read_dlib_model,
 )
+from aikd.models.dlib_resnet import DlibResNet
 from aikd.models.iresnet import IResNet, iresnet
 from aikd.models.registry import (
     RandomWeightsWarning,

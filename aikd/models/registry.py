@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aikd.models.dlib_resnet import DlibResNet, default_dlib_model_path, read_dlib_model
+from aikd.models.dlib_dat import default_dlib_model_path, read_dlib_model
+from aikd.models.dlib_resnet import DlibResNet
 from aikd.models.iresnet import IRESNET_LAYERS, iresnet
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -28,12 +27,12 @@ log = logging.getLogger("aikd")
 def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, s: SerfiqSettings):
     import torch
 
-    from aikd.embed import iter_aligned, landmarks_array
+    from aikd.faces import iter_aligned, landmarks_array, row_files
     from aikd.fiqa import serfiq_scores
     from aikd.models import load_backbone
 
     model = load_backbone(section(params, "embed")["backbone"]).eval()
-    files = [str(Path(r) / p) for r, p in zip(rows["root"], rows["path"], strict=True)]
+    files = row_files(rows)
     quality = np.full(len(rows), np.nan)
     status = np.full(len(rows), "ok", dtype=object)
     seed = global_seed(params)

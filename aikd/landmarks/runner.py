@@ -77,9 +77,11 @@ def _error(exc: BaseException) -> Detection:
     return Detection.failed("error", f"{type(exc).__name__}: {exc}")
 
 
-def _detect_chunk(detector: LandmarkDetector, images: Sequence[np.ndarray]) -> list[Detection]:
-    """Batch detection; if the batch call fails, retry image by image so one bad image
-    only costs its own row."""
+def detect_batch_safely(
+    detector: LandmarkDetector, images: Sequence[np.ndarray]
+) -> list[Detection]:
+    """One detection per image, never raising: the batch call, and if it fails, image by
+    image, so one image that crashes the detector only costs its own row."""
     try:
         dets = detector.detect_batch(images)
         if len(dets) != len(images):
@@ -122,7 +124,7 @@ def _process(
                         "unreadable", f"{Path(str(root)) / str(path)}: {type(exc).__name__}: {exc}"
                     )
             if images:
-                for j, det in zip(slots, _detect_chunk(detector, images), strict=True):
+                for j, det in zip(slots, detect_batch_safely(detector, images), strict=True):
                     results[j] = det
         yield [
             detection_row(str(path), str(dataset), name, det)

@@ -147,9 +147,10 @@ def input_example(image: str | Path | None, scorer: QualityScorer) -> pd.DataFra
     in the log if the bundle cannot score."""
     if not image:
         return None
-    p = Path(image).resolve()
+    p = Path(image).resolve()  # relative: from the working directory (the project root)
     if not p.is_file():
-        log.warning("example image %s not found: registering without an input example", p)
+        log.warning("example image %s (params register.example_image) not found: registering "
+                    "without an input example", p)
         return None
     data = p.read_bytes()
     row = scorer.score_batch([p.name], [read_rgb(p)])

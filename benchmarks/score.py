@@ -128,44 +128,11 @@ def onnx_case(onnx_bytes: bytes, faces: torch.Tensor, batch: int,
     return lambda: [sess.run(None, {"x": c}) for c in chunks]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=256, help="LFW photos for the end-to-end runs")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="also try torch.compile")
-    args = ap.parse_args()
-    torch.manual_seed(0)
+def bench_student(model: QualityModel, rows: pd.DataFrame, args: argparse.Namespace,
+                  peaks: dict[int, float], gflop: float) -> dict[str, Any]:
+    """The student alone, on real aligned faces (reference landmarks): images/s and share of
+    the matmul peak per variant (layout, grad mode, batch, threads, compile, ONNX)."""
     default_threads = torch.get_num_threads()
-    res: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "default_torch_threads": default_threads,
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "images": args.images, "batch_size": args.batch, "repeats": args.repeats,
-    }
-    if onnx_export_available():
-        import onnx
-        import onnxruntime
-
-        res["onnx"] = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                       "onnx_location": str(Path(onnx.__file__).parent.parent)}
-    tmp = Path(tempfile.mkdtemp(prefix="aikd-bench-score-"))
-    model, model_source = quality_model(tmp)
-    res["model"] = model_source
-    rows = lfw_rows(args.images)
-
-    # ---- peak and FLOPs
-    peaks = {}
-    for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
-        peaks[threads] = matmul_peak_gflops(n=2048, repeats=6)
-    torch.set_num_threads(default_threads)
-    w, h = model.input_size
-    gflop = count_flops(model.backbone, torch.rand(2, 3, h, w) * 255) / 1e9
-    res["matmul_peak_gflops"] = {f"threads_{k}": round(v, 1) for k, v in peaks.items()}
-    res["gflop_per_image"] = round(gflop, 3)
-
-    # ---- student alone, on real aligned faces (reference landmarks)
     crops = [align_to_template(read_rgb(LFW / p), lm.reshape(5, 2), model.template)[0]
              for p, lm in zip(rows["path"], rows[[f"{a}{i}" for i in range(5) for a in "xy"]]
                               .to_numpy(np.float64), strict=True)]
@@ -226,10 +193,14 @@ def main() -> None:
                          "share_of_peak": round(rate * gflop / peaks[threads], 3)}
         print(f"student {name:>44}: {rate:7.1f} images/s, "
               f"{student[name]['share_of_peak']:.1%} of the {threads}-thread peak")
-    res["student_faces"] = len(faces)
-    res["student"] = student
+    student["faces"] = len(faces)
+    return student
 
-    # ---- stages of the scoring path on the same photos (ms per image, 1 thread)
+
+
+def bench_stages(model: QualityModel, rows: pd.DataFrame, b: int,
+                 repeats: int) -> dict[str, Any]:
+    """Stages of the scoring path on the same photos (ms per image, 1 thread)."""
     torch.set_num_threads(1)
     files = [str(LFW / p) for p in rows["path"]]
     n = len(files)
@@ -248,14 +219,19 @@ def main() -> None:
         sc = QualityScorer(copy.deepcopy(model), det, batch_size=b, threads=1, backend=backend)
         stage_cases[f"student_{backend}"] = lambda sc=sc: [
             sc.forward(aligned[i : i + b]) for i in range(0, len(aligned), b)]
-    stage_times = interleaved(stage_cases, args.repeats)
-    res["stages_ms_per_image"] = {
+    stage_times = interleaved(stage_cases, repeats)
+    return {"stages_ms_per_image": {
         k: round(v / (len(ok) if k in ("align", "student_torch", "student_onnx") else n) * 1e3,
-                 2) for k, v in stage_times.items()}
-    res["stages_threads"] = 1
-    res["faces_found"] = f"{len(ok)}/{n}"
+                 2) for k, v in stage_times.items()},
+            "stages_threads": 1, "faces_found": f"{len(ok)}/{n}"}
 
-    # ---- end to end: what `aikd score` runs (prefetching reader thread), per backend
+
+
+def bench_end_to_end(model: QualityModel, rows: pd.DataFrame, b: int, t2: int,
+                     repeats: int, tmp: Path) -> dict[str, float]:
+    """End to end: what `aikd score` runs (prefetching reader thread), per backend."""
+    files = [str(LFW / p) for p in rows["path"]]
+    n = len(files)
     e2e_cases: dict[str, Callable[[], Any]] = {}
     for backend in ("torch", "onnx") if onnx_export_available() else ("torch",):
         for threads in sorted({1, t2}):
@@ -267,8 +243,55 @@ def main() -> None:
             e2e_cases[f"{backend}_threads_{threads}"] = with_threads(
                 threads, lambda sc=sc: score_to_csv(sc, rows[["root", "path"]],
                                                     tmp / "scores.csv", progress=False))
-    e2e = interleaved(e2e_cases, args.repeats, warmup=0)
-    res["score_end_to_end_images_per_s"] = {k: round(n / v, 1) for k, v in e2e.items()}
+    e2e = interleaved(e2e_cases, repeats, warmup=0)
+    return {k: round(n / v, 1) for k, v in e2e.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=256, help="LFW photos for the end-to-end runs")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also try torch.compile")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    default_threads = torch.get_num_threads()
+    res: dict[str, Any] = {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "default_torch_threads": default_threads,
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "images": args.images, "batch_size": args.batch, "repeats": args.repeats,
+    }
+    if onnx_export_available():
+        import onnx
+        import onnxruntime
+
+        res["onnx"] = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                       "onnx_location": str(Path(onnx.__file__).parent.parent)}
+    tmp = Path(tempfile.mkdtemp(prefix="aikd-bench-score-"))
+    model, model_source = quality_model(tmp)
+    res["model"] = model_source
+    rows = lfw_rows(args.images)
+
+    # ---- peak and FLOPs
+    peaks = {}
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        peaks[threads] = matmul_peak_gflops(n=2048, repeats=6)
+    torch.set_num_threads(default_threads)
+    w, h = model.input_size
+    gflop = count_flops(model.backbone, torch.rand(2, 3, h, w) * 255) / 1e9
+    res["matmul_peak_gflops"] = {f"threads_{k}": round(v, 1) for k, v in peaks.items()}
+    res["gflop_per_image"] = round(gflop, 3)
+
+    student = bench_student(model, rows, args, peaks, gflop)
+    res["student_faces"] = student.pop("faces")
+    res["student"] = student
+    b, t2 = args.batch, default_threads
+
+    res.update(bench_stages(model, rows, b, args.repeats))
+    res["score_end_to_end_images_per_s"] = bench_end_to_end(model, rows, b, t2, args.repeats,
+                                                            tmp)
     for k, v in res["score_end_to_end_images_per_s"].items():
         print(f"aikd score end to end, {k}: {v} images/s")
     torch.set_num_threads(default_threads)

@@ -2,7 +2,7 @@
 
 from _common import stage_args
 
-from aikd.registry import register_stage
+from aikd.registry.stage import register_stage
 
 if __name__ == "__main__":
     args, params = stage_args(__doc__, "run")

@@ -7,6 +7,7 @@ to one end of the rank normalisation, and equality checks would be vacuous).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from conftest import landmarks_of
 from mlflow.tracking import MlflowClient
 
 from aikd.align import align_to_template
+from aikd.config import add_params_options
 from aikd.data.images import read_rgb
 from aikd.distill.data import LabelNorm, to_float_input
 from aikd.distill.model import (
@@ -38,11 +40,13 @@ from aikd.distill.model import (
     predict_quality,
     save_quality_model,
 )
+from aikd.errors import UsageError
 from aikd.landmarks.base import POINT_COLUMNS
 from aikd.models import load_backbone
-from aikd.registry import main as registry_main
-from aikd.registry import register_config, register_stage, split_run_name
-from aikd.scoring import SCORE_COLUMNS, QualityScorer, list_images
+from aikd.registry.command import add_score_arguments, run_score
+from aikd.registry.settings import register_settings
+from aikd.registry.stage import register_stage
+from aikd.scoring import SCORE_COLUMNS, QualityScorer, backends, list_images
 from aikd.tracking import setup_mlflow
 
 N_FACES = 10
@@ -70,7 +74,7 @@ def faces(lfw_root: Path, lfw_sample: pd.DataFrame) -> pd.DataFrame:
     return lfw_sample.head(N_FACES).assign(root=str(lfw_root)).reset_index(drop=True)
 
 
-def _save_model(path: Path, faces: pd.DataFrame, *, scale: float, shift: float) -> Path:
+def save_student(path: Path, faces: pd.DataFrame, *, scale: float, shift: float) -> Path:
     """dlib ResNet student whose normalised scores of ``faces`` have mean ``shift`` and
     spread ``scale``, saved like the distill stage saves it."""
     torch.manual_seed(0)
@@ -101,7 +105,7 @@ def _run_dir(root: Path, run: str, model_pt: Path, pauc: float | None) -> Path:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, faces: pd.DataFrame) -> Path:
     root = tmp_path_factory.mktemp("registry")
-    _save_model(root / "base.pt", faces, scale=0.1, shift=0.5)
+    save_student(root / "base.pt", faces, scale=0.1, shift=0.5)
     _run_dir(root, "serfiq-T", root / "base.pt", 0.20)
     return root
 
@@ -110,9 +114,19 @@ def _params(root: Path, uri: str, **register: Any) -> dict[str, Any]:
     return {
         "mlflow": {"tracking_uri": uri, "experiment": "aikd-test",
                    "artifact_root": str(root / "artifacts")},
-        "register": {"models_dir": str(root / "models"), "metrics_dir": str(root / "metrics"),
+        "register": {"model_name": "aikd-{method}", "runs": [], "detector": "retinaface",
+                     "champion_metric": "val_pauc_fmr1e-3", "example_image": None,
+                     "models_dir": str(root / "models"), "metrics_dir": str(root / "metrics"),
                      "evaluation": str(root / "evaluation.json"), **register},
     }
+
+
+def score_args(argv: list[str]) -> argparse.Namespace:
+    """``aikd score`` arguments as the CLI parses them."""
+    parser = argparse.ArgumentParser()
+    add_score_arguments(parser)
+    add_params_options(parser)
+    return parser.parse_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +158,19 @@ def photos(tmp_path_factory: pytest.TempPathFactory, faces: pd.DataFrame) -> Pat
 # --------------------------------------------------------------------------- unit level
 
 
-def test_run_names_and_register_params() -> None:
-    assert split_run_name("sddfiqa-T") == ("sddfiqa", "T")
-    assert split_run_name("crfiqa-B-long") == ("crfiqa", "B-long")
-    with pytest.raises(ValueError, match="method"):
-        split_run_name("serfiq")
-    with pytest.raises(ValueError, match="unknown register params"):
-        register_config({"register": {"champion_metrc": "x"}})
+def test_register_params(tmp_path: Path) -> None:
+    """Typed settings: typos named, keys params.yaml sets have no default, and a champion
+    metric must be spelled as training writes it."""
+    params = _params(tmp_path, "sqlite://")
+    assert register_settings(params).champion_metric == "val_pauc_fmr1e-3"
+    with pytest.raises(ValueError, match="unknown key.*champion_metrc"):
+        register_settings({"register": {**params["register"], "champion_metrc": "x"}})
+    without = {k: v for k, v in params["register"].items() if k != "detector"}
+    with pytest.raises(ValueError, match="missing key.*detector"):
+        register_settings({"register": without})
+    with pytest.raises(ValueError, match="val_pauc_fmr1e-3"):
+        register_settings({"register": {**params["register"],
+                                        "champion_metric": "val_pauc_fmr0.001"}})
 
 
 def test_list_images_folder_and_manifest(photos: Path, tmp_path: Path) -> None:
@@ -161,11 +181,8 @@ def test_list_images_folder_and_manifest(photos: Path, tmp_path: Path) -> None:
     pd.DataFrame({"path": ["grey.jpg"]}).to_csv(tmp_path / "m.csv", index=False)
     rows = list_images(tmp_path / "m.csv")  # no root column: relative to the manifest
     assert (Path(rows["root"][0]) / rows["path"][0]).is_file()
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no image files"):
-        list_images(tmp_path / "empty")
     pd.DataFrame({"file": ["a.jpg"]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="'path' column"):
+    with pytest.raises(UsageError, match="'path' column"):
         list_images(tmp_path / "bad.csv")
 
 
@@ -179,9 +196,9 @@ def test_score_local_checkpoint_cli(workdir: Path, photos: Path, tmp_path: Path,
         manifest, index=False)
     out = tmp_path / "scores.csv"
     (tmp_path / "params.yaml").write_text("{}\n")
-    rc = registry_main(["score", "--model", str(workdir / "models" / "serfiq-T" / "model.pt"),
-                        "--images", str(manifest), "--out", str(out), "--no-progress",
-                        "--params", str(tmp_path / "params.yaml")])
+    rc = run_score(score_args([
+        "--model", str(workdir / "models" / "serfiq-T" / "model.pt"), "--images", str(manifest),
+        "--out", str(out), "--no-progress", "--params", str(tmp_path / "params.yaml")]))
     assert rc == 0
     table = pd.read_csv(out)
     assert list(table.columns) == SCORE_COLUMNS
@@ -192,20 +209,18 @@ def test_score_local_checkpoint_cli(workdir: Path, photos: Path, tmp_path: Path,
 
 def test_student_backend_choice(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`auto` stays on torch for small jobs; `onnx` without the onnx package: clear error."""
-    import aikd.scoring as scoring
-
     model = load_quality_model(workdir / "base.pt")
     with monkeypatch.context() as mp:
-        mp.setattr(scoring, "onnx_export_available", lambda: False)
+        mp.setattr(backends, "onnx_export_available", lambda: False)
         with pytest.raises(ImportError, match="pip install onnx"):
             QualityScorer(model, backend="onnx")
         sc = QualityScorer(model, backend="auto")
         sc.plan(10**6)
         assert sc.backend == "torch"
-        mp.setattr(scoring, "onnx_export_available", lambda: True)
+        mp.setattr(backends, "onnx_export_available", lambda: True)
         sc.plan(10)
         assert sc.backend == "torch"
-        sc.plan(scoring.AUTO_ONNX_MIN_IMAGES)
+        sc.plan(backends.AUTO_ONNX_MIN_IMAGES)
         assert sc.backend == "onnx"
     with pytest.raises(ValueError, match="reference"):
         QualityScorer(model, "reference")
@@ -254,13 +269,18 @@ def test_load_by_alias_in_fresh_process_and_score(
     script = (
         "import json, sys, torch, mlflow, pandas as pd\n"
         "torch.set_num_threads(1)\n"
-        "from aikd.registry import main\n"
+        "import argparse\n"
+        "from aikd.config import add_params_options\n"
+        "from aikd.registry.command import add_score_arguments, run_score\n"
+        "cli = argparse.ArgumentParser()\n"
+        "add_score_arguments(cli)\n"
+        "add_params_options(cli)\n"
         "m = mlflow.pyfunc.load_model('models:/aikd-serfiq@champion')\n"
         "m.predict(pd.DataFrame({'path': json.loads(sys.argv[1])})).to_csv('predict.csv',"
         " index=False, float_format='%.10g')\n"
-        "sys.exit(main(['score', '--model', 'models:/aikd-serfiq@champion', '--images',"
+        "sys.exit(run_score(cli.parse_args(['--model', 'models:/aikd-serfiq@champion', '--images',"
         " sys.argv[2], '--out', 'cli.csv', '--batch-size', '4', '--threads', '1',"
-        " '--no-progress']))\n"
+        " '--no-progress'])))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "MLFLOW_DISABLE_TELEMETRY": "true",
            "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
@@ -292,6 +312,33 @@ def test_load_by_alias_in_fresh_process_and_score(
     np.testing.assert_allclose(cli[POINT_COLUMNS], pred[POINT_COLUMNS], atol=1e-3)
 
 
+def test_score_unknown_registered_model_is_a_usage_error(
+    store: dict[str, Any], photos: Path, tmp_path: Path
+) -> None:
+    """A wrong registered name, alias or version: one line listing what exists."""
+    out = str(tmp_path / "s.csv")
+    cases = {"models:/aikd-serfq@champion": "registered: aikd-serfiq",
+             "models:/aikd-serfiq@champ": "aliases: challenger, champion",
+             "models:/aikd-serfiq/99": "no version 99"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store["uri"])
+        mp.chdir(tmp_path)  # outside a project: no params.yaml
+        for ref, listed in cases.items():
+            with pytest.raises(UsageError, match=listed) as err:
+                run_score(score_args(["--model", ref, "--images", str(photos), "--out", out]))
+            assert "\n" not in str(err.value) and str(err.value).startswith(ref)
+
+
+def test_registered_model_has_an_input_example(store: dict[str, Any]) -> None:
+    """The example photo was found (path made absolute) and logged with the model."""
+    from mlflow.models import Model
+
+    mlflow.set_tracking_uri(store["uri"])
+    uri = f"models:/aikd-serfiq/{store['first']['version']}"
+    example = Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
+    assert example is not None and len(example) == 2
+
+
 @pytest.mark.filterwarnings("ignore:.*input example was not provided")
 def test_champion_moves_only_when_validation_pauc_improves(
     store: dict[str, Any], workdir: Path, faces: pd.DataFrame
@@ -299,10 +346,10 @@ def test_champion_moves_only_when_validation_pauc_improves(
     params = {**store["params"], "register": {**store["params"]["register"],
                                               "example_image": None}}
     first = store["first"]["version"]
-    worse = _save_model(workdir / "worse.pt", faces, scale=0.1, shift=0.45)
+    worse = save_student(workdir / "worse.pt", faces, scale=0.1, shift=0.45)
     _run_dir(workdir, "serfiq-B", worse, 0.30)
-    better = _save_model(workdir / "better.pt", faces, scale=0.1, shift=0.55)
-    _run_dir(workdir, "serfiq-T2", better, 0.10)
+    better = save_student(workdir / "better.pt", faces, scale=0.1, shift=0.55)
+    _run_dir(workdir, "serfiq-C", better, 0.10)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         rec_b = register_stage(params, "serfiq-B")
@@ -313,7 +360,7 @@ def test_champion_moves_only_when_validation_pauc_improves(
         assert "0.3 >= 0.2" in client.get_model_version(
             "aikd-serfiq", rec_b["version"]).tags["aikd.champion_decision"]
 
-        rec_t2 = register_stage(params, "serfiq-T2")
+        rec_t2 = register_stage(params, "serfiq-C")
         assert rec_t2["aliases"] == ["challenger", "champion"]
         assert rec_t2["champion"]["promoted"] and rec_t2["champion"]["previous_value"] == 0.2
         assert client.get_model_version("aikd-serfiq", first).aliases == []

@@ -25,9 +25,19 @@ from aikd.landmarks.reference import (
     load_reference_landmarks,
     mapping_68_to_5,
 )
-from aikd.landmarks.registry import available_detectors, get_detector, registered_detectors
+from aikd.landmarks.registry import (
+    available_detectors,
+    detector_packages,
+    get_detector,
+    registered_detectors,
+)
 from aikd.landmarks.report import landmark_agreement, nme, plot_nme
-from aikd.landmarks.runner import OUTPUT_COLUMNS, partial_path, run_landmarks
+from aikd.landmarks.runner import (
+    OUTPUT_COLUMNS,
+    detect_batch_safely,
+    partial_path,
+    run_landmarks,
+)
 
 __all__ = [
     "BOX_COLUMNS",
@@ -39,6 +49,8 @@ __all__ = [
     "LandmarkDetector",
     "ReferenceDetector",
     "available_detectors",
+    "detect_batch_safely",
+    "detector_packages",
     "get_detector",
     "landmark_agreement",
     "load_reference_landmarks",

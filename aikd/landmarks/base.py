@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -118,17 +118,31 @@ def ort_session_options(threads: int | None) -> Any:
     return opts
 
 
+#: Longest image side a detector looks at (px). Face detectors are trained on faces of
+#: tens to a few hundred pixels: RetinaFace's landmarks drift once a face fills a frame
+#: of 640 px and it misses it at 4000 px; CenterFace misses it from 1500 px. At 300-560
+#: px the landmarks of RetinaFace, MTCNN and CenterFace agree equally well with LFW's
+#: reference points; 512 px is also RetinaFace's largest anchor, and above every demo
+#: image (LFW 150 px, YTF <= 494 px), whose detections therefore stay exactly as before.
+DEFAULT_MAX_SIDE = 512
+
+
 class LandmarkDetector:
-    """Base class: lazy model loading, per-image `detect`, and a looping `detect_batch`.
+    """Base class: lazy model loading, a bounded working resolution, per-image `detect`
+    and a batch `detect_batch`.
 
     Subclasses implement `_load` (called once, on first use, so constructing a detector is
-    cheap and never touches model files) and `_detect` on a validated RGB image. Subclasses
-    that can run several same-sized images in one forward pass override `detect_batch`.
+    cheap and never touches model files) and `_detect` on a validated RGB image; those
+    that can run several same-sized images in one forward pass override `_detect_batch`.
+    The public `detect` / `detect_batch` shrink an image whose longest side exceeds
+    ``max_side`` before detection and map points and box back to the original pixels,
+    so a face's size in pixels does not decide whether it is found (None: no cap).
     """
 
     name: ClassVar[str] = "base"
     #: False for detectors that answer from a table keyed by file path (the reference).
     reads_pixels: ClassVar[bool] = True
+    max_side: int | None = DEFAULT_MAX_SIDE
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
@@ -147,16 +161,47 @@ class LandmarkDetector:
     def _detect(self, rgb: np.ndarray) -> Detection:
         raise NotImplementedError(f"{type(self).__name__} must implement _detect()")
 
+    def _detect_batch(self, rgbs: Sequence[np.ndarray]) -> list[Detection]:
+        """Detections of working-resolution images; the default loops over `_detect`."""
+        return [self._detect(rgb) for rgb in rgbs]
+
     def detect(self, rgb: np.ndarray) -> Detection:
         """Landmarks of the main face of one HxWx3 uint8 RGB image."""
-        return self._detect(as_rgb(rgb))
+        image, scale = self._working_image(as_rgb(rgb))
+        return rescaled(self._detect(image), scale)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detection]:
-        """Landmarks for several images; the default simply loops over `detect`."""
-        return [self.detect(img) for img in images]
+        """Landmarks for several images, in order (see `detect`)."""
+        work = [self._working_image(as_rgb(img)) for img in images]
+        dets = self._detect_batch([image for image, _ in work])
+        if len(dets) != len(work):
+            raise RuntimeError(f"detect_batch returned {len(dets)} results for {len(work)}")
+        return [rescaled(det, scale) for det, (_, scale) in zip(dets, work, strict=True)]
+
+    def _working_image(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None]:
+        """``rgb`` shrunk to ``max_side`` and the (x, y) factors back, or ``rgb`` and None."""
+        height, width = rgb.shape[:2]
+        if not self.reads_pixels or self.max_side is None or max(height, width) <= self.max_side:
+            return rgb, None
+        import cv2
+
+        ratio = self.max_side / max(height, width)
+        size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        return small, (width / size[0], height / size[1])
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(threads={self.threads})"
+        return f"{type(self).__name__}(threads={self.threads}, max_side={self.max_side})"
+
+
+def rescaled(det: Detection, scale: tuple[float, float] | None) -> Detection:
+    """``det`` of a shrunk image in the original image's pixels (``scale``: x, y factors)."""
+    if scale is None or (det.points is None and det.box is None):
+        return det
+    sx, sy = scale
+    points = None if det.points is None else det.points * np.array([sx, sy])
+    box = None if det.box is None else tuple(np.array(det.box) * np.array([sx, sy, sx, sy]))
+    return replace(det, points=points, box=box)
 
 
 def detection_from_faces(

@@ -15,7 +15,6 @@ import numpy as np
 from aikd.landmarks.base import (
     Detection,
     LandmarkDetector,
-    as_rgb,
     detection_from_faces,
     group_by_shape,
 )
@@ -91,9 +90,8 @@ class MTCNNDetector(LandmarkDetector):
     def _detect(self, rgb: np.ndarray) -> Detection:
         return self._run(rgb[None])[0]
 
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detection]:
+    def _detect_batch(self, rgbs: Sequence[np.ndarray]) -> list[Detection]:
         """One MTCNN pass per group of equal-sized images."""
-        rgbs = [as_rgb(img) for img in images]
         results: list[Detection | None] = [None] * len(rgbs)
         for _, idx in group_by_shape(rgbs).items():
             for i, det in zip(idx, self._run(np.stack([rgbs[i] for i in idx])), strict=True):

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from aikd.landmarks.base import LandmarkDetector
+from aikd.landmarks.base import DEFAULT_MAX_SIDE, LandmarkDetector
 
 # name -> (module, class, top-level packages it needs)
 _REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -32,8 +32,13 @@ def registered_detectors() -> list[str]:
     return list(_REGISTRY)
 
 
+def detector_packages(name: str) -> tuple[str, ...]:
+    """Top-level packages detector ``name`` imports (none for an unknown name)."""
+    return _REGISTRY[name][2] if name in _REGISTRY else ()
+
+
 def _missing(name: str) -> list[str]:
-    return [pkg for pkg in _REGISTRY[name][2] if importlib.util.find_spec(pkg) is None]
+    return [pkg for pkg in detector_packages(name) if importlib.util.find_spec(pkg) is None]
 
 
 def available_detectors() -> list[str]:
@@ -41,8 +46,11 @@ def available_detectors() -> list[str]:
     return [name for name in _REGISTRY if not _missing(name)]
 
 
-def get_detector(name: str, **kwargs: Any) -> LandmarkDetector:
+def get_detector(
+    name: str, *, max_side: int | None = DEFAULT_MAX_SIDE, **kwargs: Any
+) -> LandmarkDetector:
     """A new detector instance; kwargs go to its constructor (all accept ``threads``).
+    ``max_side`` caps the longest image side it detects at (see `LandmarkDetector`).
 
     Raises ValueError for an unknown name and ImportError naming the missing packages.
     """
@@ -52,4 +60,6 @@ def get_detector(name: str, **kwargs: Any) -> LandmarkDetector:
     if missing:
         raise ImportError(f"detector {name!r} needs packages that are not installed: {missing}")
     module, cls, _ = _REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    detector: LandmarkDetector = getattr(importlib.import_module(module), cls)(**kwargs)
+    detector.max_side = max_side
+    return detector

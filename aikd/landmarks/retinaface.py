@@ -20,7 +20,6 @@ import numpy as np
 from aikd.landmarks.base import (
     Detection,
     LandmarkDetector,
-    as_rgb,
     detection_from_faces,
     group_by_shape,
     ort_session_options,
@@ -96,11 +95,10 @@ class RetinaFaceDetector(LandmarkDetector):
         return out
 
     def _detect(self, rgb: np.ndarray) -> Detection:
-        return self.detect_batch([rgb])[0]
+        return self._detect_batch([rgb])[0]
 
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detection]:
+    def _detect_batch(self, rgbs: Sequence[np.ndarray]) -> list[Detection]:
         """One ONNX run per group of equal-sized images (all of LFW is 150x150)."""
-        rgbs = [as_rgb(img) for img in images]
         results: list[Detection | None] = [None] * len(rgbs)
         for shape, idx in group_by_shape(rgbs).items():
             faces = self._faces(np.stack([rgbs[i] for i in idx]))

@@ -77,9 +77,11 @@ def _error(exc: BaseException) -> Detection:
     return Detection.failed("error", f"{type(exc).__name__}: {exc}")
 
 
-def _detect_chunk(detector: LandmarkDetector, images: Sequence[np.ndarray]) -> list[Detection]:
-    """Batch detection; if the batch call fails, retry image by image so one bad image
-    only costs its own row."""
+def detect_batch_safely(
+    detector: LandmarkDetector, images: Sequence[np.ndarray]
+) -> list[Detection]:
+    """One detection per image, never raising: the batch call, and if it fails, image by
+    image, so one image that crashes the detector only costs its own row."""
     try:
         dets = detector.detect_batch(images)
         if len(dets) != len(images):
@@ -122,7 +124,7 @@ def _process(
                         "unreadable", f"{Path(str(root)) / str(path)}: {type(exc).__name__}: {exc}"
                     )
             if images:
-                for j, det in zip(slots, _detect_chunk(detector, images), strict=True):
+                for j, det in zip(slots, detect_batch_safely(detector, images), strict=True):
                     results[j] = det
         yield [
             detection_row(str(path), str(dataset), name, det)
@@ -200,28 +202,8 @@ def run_landmarks(
 
     new: list[dict[str, Any]] = []
     if len(pending):
-        if det.reads_pixels:
-            _ = det.model  # load now: a missing model file is a setup error, not N rows
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=len(pending), unit="img", desc=f"landmarks {det.name}", disable=not progress
-        )
-        since_flush = 0
-        try:
-            for chunk_rows in _process(det, pending, batch_size):
-                new.extend(chunk_rows)
-                bar.update(len(chunk_rows))
-                since_flush += len(chunk_rows)
-                if since_flush >= checkpoint_every:
-                    write_parquet_atomic(_merged(done, new), partial)
-                    since_flush = 0
-        except BaseException:
-            if new:  # interrupted (Ctrl-C, OOM...): keep what was computed
-                write_parquet_atomic(_merged(done, new), partial)
-            raise
-        finally:
-            bar.close()
+        new = _detect_pending(det, pending, done, partial, batch_size, checkpoint_every,
+                              progress)
     elif out_path.is_file() and not partial.is_file():
         return _in_manifest_order(done, rows)
 
@@ -236,6 +218,36 @@ def run_landmarks(
     write_parquet_atomic(_typed(pd.concat([ordered, extra], ignore_index=True)), out_path)
     partial.unlink(missing_ok=True)
     return ordered
+
+
+def _detect_pending(
+    det: LandmarkDetector, pending: pd.DataFrame, done: pd.DataFrame, partial: Path,
+    batch_size: int, checkpoint_every: int, progress: bool,
+) -> list[dict[str, Any]]:
+    """Rows of the images not done yet, flushed (with ``done``) to ``partial`` every
+    ``checkpoint_every`` images and when interrupted."""
+    if det.reads_pixels:
+        _ = det.model  # load now: a missing model file is a setup error, not N rows
+    from tqdm import tqdm
+
+    new: list[dict[str, Any]] = []
+    bar = tqdm(total=len(pending), unit="img", desc=f"landmarks {det.name}", disable=not progress)
+    since_flush = 0
+    try:
+        for chunk_rows in _process(det, pending, batch_size):
+            new.extend(chunk_rows)
+            bar.update(len(chunk_rows))
+            since_flush += len(chunk_rows)
+            if since_flush >= checkpoint_every:
+                write_parquet_atomic(_merged(done, new), partial)
+                since_flush = 0
+    except BaseException:
+        if new:  # interrupted (Ctrl-C, OOM...): keep what was computed
+            write_parquet_atomic(_merged(done, new), partial)
+        raise
+    finally:
+        bar.close()
+    return new
 
 
 def _merged(done: pd.DataFrame, new: list[dict[str, Any]]) -> pd.DataFrame:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 
-from aikd.config import section
+from aikd.config import from_section, section
 from aikd.data.validation import validate_landmarks
 from aikd.paths import landmarks_path, manifest_path
 from aikd.tracking import stage_run
@@ -19,20 +20,44 @@ from aikd.tracking import stage_run
 log = logging.getLogger("aikd")
 
 
+@dataclass(frozen=True)
+class LandmarksSettings:
+    """params.yaml ``landmarks`` (the only source of their values)."""
+
+    out_dir: str
+    training_detector: str  # runs on every image; the others only on some splits
+    other_detector_splits: list[str]
+    detectors: list[str]
+    batch_size: int
+    checkpoint_every: int  # images between partial-file flushes (resumable runs)
+    threads: int
+    max_failure_rate: float  # validation gate: share of images without landmarks
+
+
+@dataclass(frozen=True)
+class LandmarkReportSettings:
+    """params.yaml ``landmark_report``."""
+
+    out_dir: str
+
+
+def landmarks_settings(params: Mapping[str, Any]) -> LandmarksSettings:
+    return from_section(LandmarksSettings, params, "landmarks")
+
+
 def landmark_rows(params: Mapping[str, Any], manifest: pd.DataFrame, detector: str) -> pd.DataFrame:
     """Which images a detector runs on: all for the training detector, else some splits."""
-    cfg = section(params, "landmarks")
-    if detector == cfg.get("training_detector", "reference"):
+    cfg = landmarks_settings(params)
+    if detector == cfg.training_detector:
         return manifest
-    splits = cfg.get("other_detector_splits") or ["train", "val", "test"]
-    return manifest[manifest["split"].isin(splits)].reset_index(drop=True)
+    return manifest[manifest["split"].isin(cfg.other_detector_splits)].reset_index(drop=True)
 
 
 def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.DataFrame:
     """Detect 5 landmarks with one detector on one data set (resumable), then validate."""
     from aikd.landmarks import run_landmarks
 
-    cfg = section(params, "landmarks")
+    cfg = landmarks_settings(params)
     manifest = pd.read_parquet(manifest_path(params, dataset))
     rows = landmark_rows(params, manifest, detector)
     out = landmarks_path(params, dataset, detector)
@@ -41,12 +66,12 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
         rows,
         detector,
         out,
-        batch_size=int(cfg.get("batch_size", 32)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)),
-        threads=int(cfg.get("threads", 2)),
+        batch_size=int(cfg.batch_size),
+        checkpoint_every=int(cfg.checkpoint_every),
+        threads=int(cfg.threads),
     )
     report = validate_landmarks(
-        table, manifest, f"{dataset}_{detector}", float(cfg.get("max_failure_rate", 0.2))
+        table, manifest, f"{dataset}_{detector}", float(cfg.max_failure_rate)
     )
     report_path = report.write(out.with_name(f"{dataset}_validation.md"))
     status = table["status"].value_counts().to_dict()
@@ -54,7 +79,7 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
         "landmarks",
         params,
         run_name=f"landmarks-{dataset}-{detector}",
-        log_params={"dataset": dataset, "detector": detector, **cfg},
+        log_params={"dataset": dataset, "detector": detector, **asdict(cfg)},
     ):
         mlflow.log_metrics({f"landmarks.{k}": float(v) for k, v in status.items()})
         mlflow.log_metric("landmarks.found_share", status.get("ok", 0) / max(len(table), 1))
@@ -70,9 +95,9 @@ def landmark_report_stage(params: Mapping[str, Any]) -> pd.DataFrame:
     """Detector agreement: found share and NME to `reference`, per data set and detector."""
     from aikd.landmarks import landmark_agreement, plot_nme
 
-    cfg = section(params, "landmark_report")
-    detectors = list(section(params, "landmarks")["detectors"])
-    out_dir = Path(cfg["out_dir"])
+    cfg = from_section(LandmarkReportSettings, params, "landmark_report")
+    detectors = list(landmarks_settings(params).detectors)
+    out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables: dict[str, list[pd.DataFrame]] = {d: [] for d in detectors}
     for dataset in section(params, "datasets"):

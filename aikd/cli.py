@@ -87,7 +87,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "pAUC / EDC of every (benchmark, detector, method)", f"{_EVALUATION}:evaluate_stage"),
     "report": Command(
-        "tables, EDC figures and metrics/evaluation.json", f"{_EVALUATION}:report_stage"),
+        "tables, EDC figures and metrics/evaluation.json", "aikd.evaluation.report:report_stage"),
     "tune": Command(
         "Ray Tune sweep over the jitter range p and lr (MLflow-tracked)",
         "aikd.tuning.command:run", kind="main", arguments="aikd.tuning.command:add_arguments"),

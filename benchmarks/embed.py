@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from aikd.embed import embed_table
-from aikd.models import RandomWeightsWarning, load_backbone
+from aikd.models.registry import RandomWeightsWarning, load_backbone
 
 RESULTS = Path(__file__).parent / "results" / "embed.json"
 LFW = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw"

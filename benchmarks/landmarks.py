@@ -23,14 +23,10 @@ import numpy as np
 import pandas as pd
 
 from aikd.data.images import read_rgb
-from aikd.landmarks import (
-    POINT_COLUMNS,
-    Detection,
-    available_detectors,
-    get_detector,
-    landmark_agreement,
-    load_reference_landmarks,
-)
+from aikd.landmarks.base import POINT_COLUMNS, Detection
+from aikd.landmarks.reference import load_reference_landmarks
+from aikd.landmarks.registry import available_detectors, get_detector
+from aikd.landmarks.report import landmark_agreement
 from aikd.landmarks.runner import detection_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +69,7 @@ def rounded_retinaface(images: list[np.ndarray], ref: pd.DataFrame) -> pd.DataFr
     """What `retinaface.detect_faces` itself returns (integer landmarks), for comparison."""
     import retinaface
 
-    from aikd.landmarks import pick_face
+    from aikd.landmarks.base import pick_face
 
     rows = []
     for path, img in zip(ref["path"], images, strict=True):

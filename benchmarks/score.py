@@ -37,7 +37,7 @@ from torch import nn
 
 from aikd.align import align_to_template
 from aikd.data.images import read_rgb
-from aikd.distill.data import LabelNorm, to_float_input
+from aikd.distill.data import LabelNorm
 from aikd.distill.model import (
     AIKDStudent,
     QualityModel,
@@ -45,9 +45,10 @@ from aikd.distill.model import (
     save_quality_model,
     to_channels_last,
 )
-from aikd.landmarks import get_detector
+from aikd.faces import to_float_input
 from aikd.landmarks.base import ort_session_options
-from aikd.models import RandomWeightsWarning, load_backbone
+from aikd.landmarks.registry import get_detector
+from aikd.models.registry import RandomWeightsWarning, load_backbone
 from aikd.scoring import QualityScorer, export_onnx, onnx_export_available, score_to_csv
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,9 +29,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from aikd.distill import DistillConfig, DistillDataset, build_models, filter_readable, load_rows
-from aikd.distill.data import EpochStreamSampler, collate
-from aikd.distill.model import to_channels_last
+from aikd.distill.config import DistillConfig
+from aikd.distill.data import (
+    DistillDataset,
+    EpochStreamSampler,
+    collate,
+    filter_readable,
+    load_rows,
+)
+from aikd.distill.model import build_models, to_channels_last
 from aikd.distill.teacher import teacher_embed_rows
 from aikd.distill.train import train_distill
 from aikd.faces import to_float_input

@@ -35,6 +35,7 @@ for ds in params["datasets"].values():
     if (repo / ds["root"]).exists():  # the demo data sits beside the original checkout
         ds["root"] = str((repo / ds["root"]).resolve())
     # other roots are made in the copy (the drill data set)
+params["register"]["example_image"] = str((repo / params["register"]["example_image"]).resolve())
 params["mlflow"]["tracking_uri"] = f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
 Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 PY

@@ -242,7 +242,7 @@ def model_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from aikd.distill.data import LabelNorm
     from aikd.distill.model import AIKDStudent, save_quality_model
-    from aikd.models import load_backbone
+    from aikd.models.registry import load_backbone
 
     torch.manual_seed(0)
     student = AIKDStudent(load_backbone("dlib_resnet"), "head").eval()

@@ -29,8 +29,8 @@ from test_registry import save_student
 
 from aikd.data.images import read_rgb
 from aikd.distill.model import QualityModel, load_quality_model
-from aikd.landmarks import Detection, LandmarkDetector, available_detectors, get_detector
-from aikd.landmarks.base import DEFAULT_MAX_SIDE
+from aikd.landmarks.base import DEFAULT_MAX_SIDE, Detection, LandmarkDetector
+from aikd.landmarks.registry import available_detectors, get_detector
 from aikd.scoring import QualityScorer
 
 SIZES = (300, 1000, 2000, 4000)

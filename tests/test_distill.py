@@ -24,31 +24,33 @@ from safetensors.torch import load_file
 
 from aikd.align import align_to_template
 from aikd.data.images import read_rgb
-from aikd.distill import (
-    AIKDLoss,
-    DistillConfig,
+from aikd.distill.config import DistillConfig
+from aikd.distill.data import (
     DistillDataset,
     EpochStreamSampler,
-    FrozenTeacher,
     LabelError,
     LabelNorm,
     attach_labels,
+    collate,
+    filter_readable,
+    load_rows,
+)
+from aikd.distill.loss import AIKDLoss
+from aikd.distill.model import (
+    FrozenTeacher,
     backbone_stages,
     build_models,
-    build_validation_pairs,
-    filter_readable,
     load_quality_model,
-    load_rows,
     predict_quality,
     select_trainable,
-    train_distill,
+    state_digest,
+    to_channels_last,
 )
-from aikd.distill.data import collate
-from aikd.distill.model import state_digest, to_channels_last
 from aikd.distill.teacher import teacher_embed_rows
-from aikd.distill.train import update_bn
+from aikd.distill.train import train_distill, update_bn
+from aikd.distill.validation import build_validation_pairs
 from aikd.faces import to_float_input
-from aikd.models import load_backbone
+from aikd.models.registry import load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "data" / "manifests" / "lfw.parquet"
@@ -276,7 +278,7 @@ def test_trainable_selection():
 
 
 def test_iresnet_stages_cover_every_parameter():
-    from aikd.models import iresnet
+    from aikd.models.iresnet import iresnet
 
     net = iresnet("iresnet50")
     stages = backbone_stages(net)

@@ -18,9 +18,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 #: Reached by every stage but without influence on what a stage computes: the package
-#: marker, params loading (the params themselves are deps), MLflow logging, and the file
-#: layout (the paths are spelled out in dvc.yaml itself).
-NOT_DEPS = {"aikd/__init__.py", "aikd/config.py", "aikd/tracking.py", "aikd/paths.py"}
+#: marker, params loading (the params themselves are deps), MLflow logging, the file
+#: layout (the paths are spelled out in dvc.yaml itself) and the error classes (messages).
+NOT_DEPS = {"aikd/__init__.py", "aikd/config.py", "aikd/tracking.py", "aikd/paths.py",
+            "aikd/errors.py"}
+
+
+_MODULE_NAME = re.compile(r"^aikd(\.[a-z_][a-z0-9_]*)+$")
 
 
 def _module_file(name: str) -> Path | None:
@@ -42,6 +46,9 @@ def _imports(path: Path) -> set[str]:
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names
                       if _module_file(f"{node.module}.{a.name}")}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and _MODULE_NAME.match(node.value) and _module_file(node.value):
+            found.add(node.value)  # imported by name (importlib), e.g. the detector registry
     return found
 
 
@@ -93,3 +100,45 @@ def test_closure_follows_imports_inside_functions():
     code = code_closure(REPO / "pipelines" / "manifest.py")
     assert "aikd/data/manifest.py" in code and "aikd/data/stage.py" in code
     assert not any(f.startswith("aikd/distill/") for f in code)
+
+
+def _code_files(dep: str) -> set[str]:
+    """The .py files a code dep stands for (itself, or every file below a folder)."""
+    path = REPO / dep
+    if path.is_file():
+        return {dep} if dep.endswith(".py") else set()
+    return {p.relative_to(REPO).as_posix() for p in path.rglob("*.py")}
+
+
+@pytest.mark.parametrize(("stage", "cmd", "deps"), STAGES, ids=[s[0] for s in STAGES])
+def test_stage_deps_are_only_the_code_it_runs(stage, cmd, deps):
+    """The converse: a code dep the stage never runs makes it re-run for nothing (a change
+    to the report's Markdown must not re-train the models), so every file a code dep
+    covers must be reached from the stage's script."""
+    script = re.search(r"python (pipelines/\S+\.py)", cmd)
+    code = code_closure(REPO / script.group(1))
+    extra = sorted(f for d in deps if d.startswith(("aikd/", "pipelines/"))
+                   for f in _code_files(d) - code)
+    assert not extra, f"dvc.yaml stage {stage!r} depends on code it never runs: {extra}"
+
+
+def test_training_does_not_depend_on_the_report():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("distill", "quality"):
+        deps = spec[name].get("do", spec[name])["deps"]
+        assert "aikd/evaluation" not in deps and "aikd/evaluation/report.py" not in deps, name
+
+
+def test_no_stage_code_imports_a_lazy_package_export():
+    """Package ``__init__`` files export names lazily (aikd.lazy), which this walker cannot
+    follow: the library must import such names from their submodules, or a stage's deps
+    would miss the file that defines them."""
+    lazy = {f"aikd.{p.parent.name}" for p in (REPO / "aikd").glob("*/__init__.py")
+            if "lazy_exports(" in p.read_text()}
+    offenders = []
+    for path in [*(REPO / "aikd").rglob("*.py"), *(REPO / "pipelines").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in lazy:
+                offenders += [f"{path.relative_to(REPO)}: from {node.module} import {a.name}"
+                              for a in node.names if not _module_file(f"{node.module}.{a.name}")]
+    assert not offenders, offenders

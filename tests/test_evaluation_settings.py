@@ -10,7 +10,7 @@ import pytest
 
 from aikd.errors import UsageError
 from aikd.evaluation.settings import PrimaryMode, evaluate_settings
-from aikd.evaluation.stage import _undefined_pauc_note
+from aikd.evaluation.stage import undefined_pauc_note
 
 EVALUATE = {"pairs_dir": "data/pairs", "out_dir": "data/evaluation",
             "reports_dir": "reports/evaluation",
@@ -66,8 +66,8 @@ def test_one_note_for_all_undefined_paucs() -> None:
         warnings.simplefilter("always")
         warnings.warn("3 of 10 bootstrap resamples had an undefined pAUC and were dropped",
                       UserWarning, stacklevel=1)
-    note = _undefined_pauc_note(results, caught)
+    note = undefined_pauc_note(results, caught)
     assert note.startswith("evaluate: pAUC undefined (NaN) in 2 of 4 result rows")
     assert "1 because FNMR(0) = 0" in note and "1 because no mated pair is left" in note
     assert "1 bootstrap intervals" in note and "\n" not in note
-    assert _undefined_pauc_note(results.iloc[[0, 3]], []) == ""
+    assert undefined_pauc_note(results.iloc[[0, 3]], []) == ""

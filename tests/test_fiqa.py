@@ -23,18 +23,11 @@ from torch import nn
 
 from aikd.align import align_to_template
 from aikd.data.images import read_rgb
-from aikd.fiqa import (
-    DEFAULT_PLACEMENT,
-    DEFAULT_RATE,
-    SingletonIdentityWarning,
-    crfiqa_components,
-    crfiqa_labels,
-    flip_consistency,
-    import_label_csv,
-    sddfiqa_labels,
-    serfiq_scores,
-    sharpness,
-)
+from aikd.fiqa.baselines import flip_consistency, sharpness
+from aikd.fiqa.crfiqa import crfiqa_components, crfiqa_labels
+from aikd.fiqa.csv_import import import_label_csv
+from aikd.fiqa.sddfiqa import SingletonIdentityWarning, sddfiqa_labels
+from aikd.fiqa.serfiq import DEFAULT_PLACEMENT, DEFAULT_RATE, serfiq_scores
 
 
 def _unit(deg: float) -> list[float]:
@@ -173,7 +166,7 @@ def test_crfiqa_labels_both_variants() -> None:
 
 @pytest.fixture(scope="module")
 def dlib_model() -> nn.Module:
-    from aikd.models import load_backbone
+    from aikd.models.registry import load_backbone
 
     try:
         return load_backbone("dlib_resnet")

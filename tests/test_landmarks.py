@@ -11,22 +11,11 @@ import pandas as pd
 import pytest
 from conftest import YTF, landmarks_of
 
-from aikd.landmarks import (
-    OUTPUT_COLUMNS,
-    POINT_COLUMNS,
-    Detection,
-    LandmarkDetector,
-    available_detectors,
-    get_detector,
-    landmark_agreement,
-    load_reference_landmarks,
-    mapping_68_to_5,
-    nme,
-    partial_path,
-    pick_face,
-    plot_nme,
-    run_landmarks,
-)
+from aikd.landmarks.base import POINT_COLUMNS, Detection, LandmarkDetector, pick_face
+from aikd.landmarks.reference import load_reference_landmarks, mapping_68_to_5
+from aikd.landmarks.registry import available_detectors, get_detector
+from aikd.landmarks.report import landmark_agreement, nme, plot_nme
+from aikd.landmarks.runner import OUTPUT_COLUMNS, partial_path, run_landmarks
 
 PIXEL_DETECTORS = ["retinaface", "mtcnn", "dlib", "centerface", "mediapipe"]
 _DETECTORS: dict[str, LandmarkDetector] = {}

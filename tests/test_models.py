@@ -11,15 +11,9 @@ import pytest
 import torch
 
 from aikd.data.images import read_rgb
-from aikd.models import (
-    DlibModelFormatError,
-    RandomWeightsWarning,
-    available_backbones,
-    default_dlib_model_path,
-    iresnet,
-    load_backbone,
-    read_dlib_model,
-)
+from aikd.models.dlib_dat import DlibModelFormatError, default_dlib_model_path, read_dlib_model
+from aikd.models.iresnet import iresnet
+from aikd.models.registry import RandomWeightsWarning, available_backbones, load_backbone
 
 # Written from insightface's arcface_torch/backbones/iresnet.py (module attribute names),
 # independently of aikd's implementation.

@@ -13,13 +13,13 @@ import torch
 from aikd.distill.data import LabelNorm
 from aikd.distill.model import QualityHead, QualityModel
 from aikd.evaluation.tables import split_method
-from aikd.fiqa import flip_consistency
+from aikd.fiqa.baselines import flip_consistency
 from aikd.quality import ColumnScorer, SharedTrunkScorer, score_faces, shared_blocks
 
 
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
-    from aikd.models import load_backbone
+    from aikd.models.registry import load_backbone
 
     return load_backbone("dlib_resnet").eval()
 

@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from aikd.align import align_to_template
 from aikd.config import add_params_options
 from aikd.data.images import read_rgb
-from aikd.distill.data import LabelNorm, to_float_input
+from aikd.distill.data import LabelNorm
 from aikd.distill.model import (
     AIKDStudent,
     load_quality_model,
@@ -41,8 +41,9 @@ from aikd.distill.model import (
     save_quality_model,
 )
 from aikd.errors import UsageError
+from aikd.faces import to_float_input
 from aikd.landmarks.base import POINT_COLUMNS
-from aikd.models import load_backbone
+from aikd.models.registry import load_backbone
 from aikd.registry.command import add_score_arguments, run_score
 from aikd.registry.settings import register_settings
 from aikd.registry.stage import register_stage

@@ -240,7 +240,7 @@ def tiny_project(tmp_path_factory, lfw_root, lfw_reference):
     import torch
 
     from aikd.embed import embed_table
-    from aikd.models import load_backbone
+    from aikd.models.registry import load_backbone
 
     torch.set_num_threads(1)
     embed_table(load_backbone("dlib_resnet"), rows.assign(root=str(lfw_root)),

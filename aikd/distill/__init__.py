@@ -16,74 +16,48 @@ The training names (``train_distill``, ``validate_quality``, ...) are imported o
 use: they pull in Accelerate and MLflow, which scoring with a saved model does not need.
 """
 
-from __future__ import annotations
+from aikd.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-from aikd.distill.config import DistillConfig
-from aikd.distill.data import (
-    DistillDataset,
-    EpochStreamSampler,
-    LabelError,
-    LabelNorm,
-    attach_labels,
-    filter_readable,
-    load_rows,
-    read_labels,
-)
-from aikd.distill.loss import AIKDLoss, LossTerms
-from aikd.distill.model import (
-    AIKDStudent,
-    FrozenTeacher,
-    QualityHead,
-    QualityModel,
-    backbone_stages,
-    build_models,
-    load_quality_model,
-    predict_quality,
-    save_quality_model,
-    select_trainable,
-)
-
-#: Names imported on first use, and the module that holds each.
-_LAZY = {
-    "TrainResult": "aikd.distill.train",
-    "train_distill": "aikd.distill.train",
-    "read_teacher_cache": "aikd.distill.teacher",
-    "teacher_embed_rows": "aikd.distill.teacher",
-    "build_validation_pairs": "aikd.distill.validation",
-    "validate_quality": "aikd.distill.validation",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'aikd.distill' has no attribute {name!r}")
-
-
-__all__ = [
-    "AIKDLoss",
-    "AIKDStudent",
-    "DistillConfig",
-    "DistillDataset",
-    "EpochStreamSampler",
-    "FrozenTeacher",
-    "LabelError",
-    "LabelNorm",
-    "LossTerms",
-    "QualityHead",
-    "QualityModel",
-    "attach_labels",
-    "backbone_stages",
-    "build_models",
-    "filter_readable",
-    "load_quality_model",
-    "load_rows",
-    "predict_quality",
-    "read_labels",
-    "save_quality_model",
-    "select_trainable",
-    *_LAZY,
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "config": (
+        "DistillConfig",
+    ),
+    "data": (
+        "DistillDataset",
+        "EpochStreamSampler",
+        "LabelError",
+        "LabelNorm",
+        "attach_labels",
+        "filter_readable",
+        "load_rows",
+        "read_labels",
+    ),
+    "loss": (
+        "AIKDLoss",
+        "LossTerms",
+    ),
+    "model": (
+        "AIKDStudent",
+        "FrozenTeacher",
+        "QualityHead",
+        "QualityModel",
+        "backbone_stages",
+        "build_models",
+        "load_quality_model",
+        "predict_quality",
+        "save_quality_model",
+        "select_trainable",
+    ),
+    "train": (
+        "TrainResult",
+        "train_distill",
+    ),
+    "teacher": (
+        "read_teacher_cache",
+        "teacher_embed_rows",
+    ),
+    "validation": (
+        "build_validation_pairs",
+        "validate_quality",
+    ),
+})

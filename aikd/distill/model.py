@@ -26,9 +26,9 @@ from torch import nn
 
 from aikd.distill.data import LabelNorm, landmarks_for
 from aikd.faces import iter_faces, to_float_input
-from aikd.models import available_backbones, load_backbone
 from aikd.models.dlib_resnet import DlibResNet
 from aikd.models.iresnet import IRESNET_LAYERS, IResNet, iresnet
+from aikd.models.registry import available_backbones, load_backbone
 
 MODEL_FORMAT = "aikd-quality-model/1"
 

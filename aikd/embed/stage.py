@@ -32,7 +32,7 @@ def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
     to the backbone's template (resumable)."""
     import mlflow
 
-    from aikd.models import load_backbone
+    from aikd.models.registry import load_backbone
     from aikd.tracking import stage_run
 
     cfg = from_section(EmbedSettings, params, "embed")

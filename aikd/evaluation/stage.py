@@ -169,7 +169,7 @@ def _bt_differences(cell: _Cell, keys: dict[str, str], settings: EvaluateSetting
     return diffs
 
 
-def _undefined_pauc_note(results: pd.DataFrame, caught: list[warnings.WarningMessage]) -> str:
+def undefined_pauc_note(results: pd.DataFrame, caught: list[warnings.WarningMessage]) -> str:
     """One line in place of the UndefinedPAUCWarnings of every cell: how many, and why."""
     undefined = results[results["pauc"].isna()]
     no_error = int((undefined["fnmr0"] == 0).sum())
@@ -225,7 +225,7 @@ def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         write_parquet_atomic(frame, out_dir / f"{name}.parquet")
     print(f"evaluate: {len(frames['results'])} result rows over {len(cells)} "
           "(benchmark, detector) cells")
-    note = _undefined_pauc_note(frames["results"], caught)
+    note = undefined_pauc_note(frames["results"], caught)
     if note:
         print(note)
     return frames

@@ -8,29 +8,29 @@
 Images of single-image identities get NaN labels and a :class:`SingletonIdentityWarning`.
 """
 
-from aikd.fiqa.baselines import flip_consistency, sharpness
-from aikd.fiqa.crfiqa import crfiqa_components, crfiqa_labels
-from aikd.fiqa.csv_import import import_label_csv
-from aikd.fiqa.sddfiqa import SingletonIdentityWarning, sddfiqa_labels
-from aikd.fiqa.serfiq import (
-    DEFAULT_DROPOUT,
-    DEFAULT_PLACEMENT,
-    DEFAULT_RATE,
-    PLACEMENTS,
-    serfiq_scores,
-)
+from aikd.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_DROPOUT",
-    "DEFAULT_PLACEMENT",
-    "DEFAULT_RATE",
-    "PLACEMENTS",
-    "SingletonIdentityWarning",
-    "crfiqa_components",
-    "crfiqa_labels",
-    "flip_consistency",
-    "import_label_csv",
-    "sddfiqa_labels",
-    "serfiq_scores",
-    "sharpness",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "baselines": (
+        "flip_consistency",
+        "sharpness",
+    ),
+    "crfiqa": (
+        "crfiqa_components",
+        "crfiqa_labels",
+    ),
+    "csv_import": (
+        "import_label_csv",
+    ),
+    "sddfiqa": (
+        "SingletonIdentityWarning",
+        "sddfiqa_labels",
+    ),
+    "serfiq": (
+        "DEFAULT_DROPOUT",
+        "DEFAULT_PLACEMENT",
+        "DEFAULT_RATE",
+        "PLACEMENTS",
+        "serfiq_scores",
+    ),
+})

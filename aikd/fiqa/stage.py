@@ -28,8 +28,8 @@ def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, s: SerfiqSetti
     import torch
 
     from aikd.faces import iter_aligned, landmarks_array, row_files
-    from aikd.fiqa import serfiq_scores
-    from aikd.models import load_backbone
+    from aikd.fiqa.serfiq import serfiq_scores
+    from aikd.models.registry import load_backbone
 
     model = load_backbone(section(params, "embed")["backbone"]).eval()
     files = row_files(rows)
@@ -56,7 +56,9 @@ def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
 
     from aikd.data.io import read_vectors
     from aikd.data.validation import validate_labels
-    from aikd.fiqa import crfiqa_labels, import_label_csv, sddfiqa_labels
+    from aikd.fiqa.crfiqa import crfiqa_labels
+    from aikd.fiqa.csv_import import import_label_csv
+    from aikd.fiqa.sddfiqa import sddfiqa_labels
 
     cfg = labels_settings(params)
     rows = training_rows(params)

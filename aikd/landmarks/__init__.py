@@ -11,54 +11,38 @@ dataset's own landmarks), ``retinaface``, ``mtcnn``, ``dlib``, ``centerface`` an
 optionally, ``mediapipe``. Backends are imported only when a detector is created.
 """
 
-from aikd.landmarks.base import (
-    BOX_COLUMNS,
-    POINT_COLUMNS,
-    POINT_NAMES,
-    STATUSES,
-    Detection,
-    LandmarkDetector,
-    pick_face,
-)
-from aikd.landmarks.reference import (
-    ReferenceDetector,
-    load_reference_landmarks,
-    mapping_68_to_5,
-)
-from aikd.landmarks.registry import (
-    available_detectors,
-    detector_packages,
-    get_detector,
-    registered_detectors,
-)
-from aikd.landmarks.report import landmark_agreement, nme, plot_nme
-from aikd.landmarks.runner import (
-    OUTPUT_COLUMNS,
-    detect_batch_safely,
-    partial_path,
-    run_landmarks,
-)
+from aikd.lazy import lazy_exports
 
-__all__ = [
-    "BOX_COLUMNS",
-    "OUTPUT_COLUMNS",
-    "POINT_COLUMNS",
-    "POINT_NAMES",
-    "STATUSES",
-    "Detection",
-    "LandmarkDetector",
-    "ReferenceDetector",
-    "available_detectors",
-    "detect_batch_safely",
-    "detector_packages",
-    "get_detector",
-    "landmark_agreement",
-    "load_reference_landmarks",
-    "mapping_68_to_5",
-    "nme",
-    "partial_path",
-    "pick_face",
-    "plot_nme",
-    "registered_detectors",
-    "run_landmarks",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "base": (
+        "BOX_COLUMNS",
+        "POINT_COLUMNS",
+        "POINT_NAMES",
+        "STATUSES",
+        "Detection",
+        "LandmarkDetector",
+        "pick_face",
+    ),
+    "reference": (
+        "ReferenceDetector",
+        "load_reference_landmarks",
+        "mapping_68_to_5",
+    ),
+    "registry": (
+        "available_detectors",
+        "detector_packages",
+        "get_detector",
+        "registered_detectors",
+    ),
+    "report": (
+        "landmark_agreement",
+        "nme",
+        "plot_nme",
+    ),
+    "runner": (
+        "OUTPUT_COLUMNS",
+        "detect_batch_safely",
+        "partial_path",
+        "run_landmarks",
+    ),
+})

@@ -55,7 +55,7 @@ def landmark_rows(params: Mapping[str, Any], manifest: pd.DataFrame, detector: s
 
 def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.DataFrame:
     """Detect 5 landmarks with one detector on one data set (resumable), then validate."""
-    from aikd.landmarks import run_landmarks
+    from aikd.landmarks.runner import run_landmarks
 
     cfg = landmarks_settings(params)
     manifest = pd.read_parquet(manifest_path(params, dataset))
@@ -93,7 +93,7 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
 
 def landmark_report_stage(params: Mapping[str, Any]) -> pd.DataFrame:
     """Detector agreement: found share and NME to `reference`, per data set and detector."""
-    from aikd.landmarks import landmark_agreement, plot_nme
+    from aikd.landmarks.report import landmark_agreement, plot_nme
 
     cfg = from_section(LandmarkReportSettings, params, "landmark_report")
     detectors = list(landmarks_settings(params).detectors)

@@ -91,7 +91,7 @@ class SharedTrunkScorer:
             for name, m in self.models.items():
                 out[name] = m(x).float().numpy()
             if self.flip:
-                from aikd.fiqa import flip_consistency
+                from aikd.fiqa.baselines import flip_consistency
 
                 out["flip"] = flip_consistency(self.reference, x)
             return out

@@ -69,7 +69,7 @@ def eval_rows(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
 
 def _serfiq_scorer(params: Mapping[str, Any], cfg: QualitySettings,
                    backbone: torch.nn.Module) -> tuple[ColumnScorer, dict[str, Any]]:
-    from aikd.fiqa import serfiq_scores
+    from aikd.fiqa.serfiq import serfiq_scores
 
     values = {**section(params, "labels")["serfiq"], **(cfg.serfiq or {})}
     s = from_mapping(SerfiqSettings, values, "labels.serfiq + quality.serfiq")
@@ -82,10 +82,10 @@ def _serfiq_scorer(params: Mapping[str, Any], cfg: QualitySettings,
 def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     """(scorers, template, signature) for the quality stage (columns: see the module)."""
     from aikd.data.io import file_md5
-    from aikd.distill import load_quality_model
+    from aikd.distill.model import load_quality_model
     from aikd.distill.stage import run_dir
-    from aikd.fiqa import sharpness
-    from aikd.models import load_backbone
+    from aikd.fiqa.baselines import sharpness
+    from aikd.models.registry import load_backbone
 
     cfg = from_section(QualitySettings, params, "quality")
     sig: dict[str, Any] = {"backbone": from_section(EmbedSettings, params, "embed").backbone}

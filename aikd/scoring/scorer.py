@@ -21,8 +21,8 @@ import torch
 
 from aikd.align import align_to_template
 from aikd.data.images import ImageReadError
-from aikd.distill.data import to_float_input
 from aikd.distill.model import QualityModel, to_channels_last
+from aikd.faces import to_float_input
 from aikd.landmarks.base import POINT_COLUMNS, Detection, LandmarkDetector, ort_session_options
 from aikd.landmarks.registry import get_detector
 from aikd.landmarks.runner import detect_batch_safely

@@ -109,7 +109,7 @@ def detector_tables(params: Mapping[str, Any], settings: TuneSettings, val: pd.D
 def teacher_cache(params: Mapping[str, Any], settings: TuneSettings,
                   paths: set[str]) -> dict[str, np.ndarray]:
     """The teacher's embeddings of ``paths`` from the embed stage's files."""
-    from aikd.distill import read_teacher_cache
+    from aikd.distill.teacher import read_teacher_cache
     from aikd.paths import embeddings_path
 
     ref = section(params, "landmarks")["training_detector"]

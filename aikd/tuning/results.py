@@ -19,7 +19,7 @@ from aikd.tuning.data import SweepData
 from aikd.tuning.settings import SearchParam, TuneSettings
 
 if TYPE_CHECKING:
-    from aikd.distill import DistillConfig
+    from aikd.distill.config import DistillConfig
 
 TRIAL_STATUSES = ("completed", "stopped", "error")
 

@@ -21,7 +21,7 @@ from aikd.tuning.settings import TuneSettings, search_params, trial_config
 from aikd.tuning.trial import TrialJob, run_trial, trial_dirname
 
 if TYPE_CHECKING:
-    from aikd.distill import DistillConfig
+    from aikd.distill.config import DistillConfig
 
 #: AF_UNIX socket paths are limited to 107 bytes on Linux; Ray puts its sockets at
 #: ``<temp_dir>/session_<date>_<usec>_<pid>/sockets/plasma_store`` (temp_dir + 64 bytes

@@ -18,7 +18,7 @@ from aikd.errors import UsageError
 from aikd.naming import VALIDATION_FMRS
 
 if TYPE_CHECKING:
-    from aikd.distill import DistillConfig
+    from aikd.distill.config import DistillConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -212,7 +212,7 @@ def base_distill_config(params: Mapping[str, Any], variant: str) -> DistillConfi
 def trial_config(base: DistillConfig, settings: TuneSettings,
                  sampled: Mapping[str, Any]) -> DistillConfig:
     """The config one trial trains with: base, trial budget overrides, sampled values."""
-    from aikd.distill import DistillConfig
+    from aikd.distill.config import DistillConfig
 
     values = {**base.to_dict(), **TRIAL_RUNTIME, **settings.trial, "train_subset": None,
               **sampled}

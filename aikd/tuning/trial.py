@@ -71,7 +71,8 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     import mlflow
     from ray import tune
 
-    from aikd.distill import DistillConfig, train_distill
+    from aikd.distill.config import DistillConfig
+    from aikd.distill.train import train_distill
 
     settings = job.settings
     cfg = trial_config(DistillConfig.from_dict(job.base), settings, config)

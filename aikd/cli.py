@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The stages' progress at INFO; libraries (great_expectations, mlflow) only warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("aikd").setLevel(logging.INFO)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets up its own handler
     debug = "--debug" in argv
     try:
         args = build_parser(_command_in(argv)).parse_args(argv)

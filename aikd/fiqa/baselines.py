@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aikd.fiqa.batches import as_face_batch, eval_batches
+
 __all__ = ["flip_consistency", "sharpness"]
 
 
@@ -24,28 +26,13 @@ def flip_consistency(
 
     ``images``: (N, 3, H, W) float in the backbone's input range ([0, 255] for dlib_resnet).
     """
-    x_all = torch.as_tensor(images)
-    if x_all.ndim != 4 or x_all.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(x_all.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
+    x_all = as_face_batch(images, batch_size)
     out = np.empty(x_all.shape[0], dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for lo in range(0, x_all.shape[0], batch_size):
-                x = x_all[lo : lo + batch_size].to(device=device, dtype=torch.float32)
-                e = model(torch.cat([x, x.flip(-1)]))
-                e = F.normalize(e.to(torch.float64), dim=1)
-                b = x.shape[0]
-                out[lo : lo + b] = (e[:b] * e[b:]).sum(dim=1).cpu().numpy()
-    finally:
-        model.train(was_training)
+    for lo, x in eval_batches(model, x_all, batch_size):
+        e = model(torch.cat([x, x.flip(-1)]))
+        e = F.normalize(e.to(torch.float64), dim=1)
+        b = x.shape[0]
+        out[lo : lo + b] = (e[:b] * e[b:]).sum(dim=1).cpu().numpy()
     return out
 
 

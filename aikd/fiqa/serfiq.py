@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aikd.fiqa.batches import as_face_batch, eval_batches
+
 __all__ = [
     "DEFAULT_DROPOUT",
     "DEFAULT_PLACEMENT",
@@ -166,33 +168,18 @@ def serfiq_scores(
         raise ValueError(f"rate must be in [0, 1), got {rate}")
     if dropout not in ("channel", "element"):
         raise ValueError(f"dropout must be 'channel' or 'element', got {dropout!r}")
-    x_all = torch.as_tensor(images)
-    if x_all.ndim != 4 or x_all.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(x_all.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    x_all = as_face_batch(images, batch_size)
     idx = _capture_index(model, placement)
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
     common: torch.Tensor | None = None
     out = np.empty(x_all.shape[0], dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for lo in range(0, x_all.shape[0], batch_size):
-                x = x_all[lo : lo + batch_size].to(device=device, dtype=torch.float32)
-                feats, h = _trunk(model, x, idx)
-                if idx is not None:
-                    _check_tail(model, h, feats, idx, placement)
-                if common_masks and common is None and rate > 0:
-                    common = _dropout_mask((T, *h.shape[1:]), rate, dropout, gen)
-                out[lo : lo + x.shape[0]] = _scores_at(model, h, idx, T, rate, dropout, gen, common)
-    finally:
-        model.train(was_training)
+    for lo, x in eval_batches(model, x_all, batch_size):
+        feats, h = _trunk(model, x, idx)
+        if idx is not None:
+            _check_tail(model, h, feats, idx, placement)
+        if common_masks and common is None and rate > 0:
+            common = _dropout_mask((T, *h.shape[1:]), rate, dropout, gen)
+        out[lo : lo + x.shape[0]] = _scores_at(model, h, idx, T, rate, dropout, gen, common)
     return out
 
 

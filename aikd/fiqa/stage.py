@@ -17,7 +17,7 @@ from aikd.config import global_seed, section
 from aikd.data.io import write_parquet_atomic
 from aikd.data.training import training_detector, training_rows
 from aikd.errors import UsageError
-from aikd.fiqa.settings import SerfiqSettings, labels_settings
+from aikd.fiqa.settings import LabelsSettings, SerfiqSettings, labels_settings
 from aikd.paths import embeddings_path, labels_path
 from aikd.tracking import stage_run
 
@@ -50,39 +50,49 @@ def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, s: SerfiqSetti
     return quality, status
 
 
-def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
-    """Pseudo quality labels of one FIQA method on the reference-aligned training images."""
+def _identity_labels(params: Mapping[str, Any], rows: pd.DataFrame, method: str,
+                     cfg: LabelsSettings) -> tuple[np.ndarray, np.ndarray]:
+    """SDD-FIQA / CR-FIQA labels from the training-detector embeddings, per data set."""
     import warnings
 
     from aikd.data.io import read_vectors
-    from aikd.data.validation import validate_labels
     from aikd.fiqa.crfiqa import crfiqa_labels
-    from aikd.fiqa.csv_import import import_label_csv
     from aikd.fiqa.sddfiqa import sddfiqa_labels
+
+    detector = training_detector(params)
+    quality = np.full(len(rows), np.nan)
+    status = np.full(len(rows), "ok", dtype=object)  # why a row has no label
+    for ds, idx in rows.groupby("dataset").groups.items():
+        meta, vectors = read_vectors(embeddings_path(params, str(ds), detector))
+        pos = pd.Series(np.arange(len(meta)), index=meta["path"])
+        sub = rows.loc[idx]
+        have = sub["path"].isin(pos.index).to_numpy()
+        status[np.asarray(idx)[~have]] = "no_embedding (see the embed stage's failures)"
+        emb = vectors[pos[sub["path"][have]].to_numpy()]
+        ids = sub["identity"][have].to_numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # singletons are counted by the stage
+            if method == "sddfiqa":
+                q = sddfiqa_labels(emb, ids, m=int(cfg.sddfiqa.m), k=int(cfg.sddfiqa.k),
+                                   seed=global_seed(params))
+            else:
+                q = crfiqa_labels(emb, ids, variant=cfg.crfiqa.variant)
+        quality[np.asarray(idx)[have]] = q
+    return quality, status
+
+
+def labels_stage(params: Mapping[str, Any], method: str) -> pd.DataFrame:
+    """Pseudo quality labels of one FIQA method on the reference-aligned training images."""
+    from aikd.data.validation import validate_labels
+    from aikd.fiqa.csv_import import import_label_csv
 
     cfg = labels_settings(params)
     rows = training_rows(params)
-    detector = training_detector(params)
     quality = np.full(len(rows), np.nan)
     status = np.full(len(rows), "ok", dtype=object)  # why a row has no label
     unmatched = pd.DataFrame()
     if method in ("sddfiqa", "crfiqa"):
-        for ds, idx in rows.groupby("dataset").groups.items():
-            meta, vectors = read_vectors(embeddings_path(params, str(ds), detector))
-            pos = pd.Series(np.arange(len(meta)), index=meta["path"])
-            sub = rows.loc[idx]
-            have = sub["path"].isin(pos.index).to_numpy()
-            status[np.asarray(idx)[~have]] = "no_embedding (see the embed stage's failures)"
-            emb = vectors[pos[sub["path"][have]].to_numpy()]
-            ids = sub["identity"][have].to_numpy()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # singletons are counted below
-                if method == "sddfiqa":
-                    q = sddfiqa_labels(emb, ids, m=int(cfg.sddfiqa.m), k=int(cfg.sddfiqa.k),
-                                       seed=global_seed(params))
-                else:
-                    q = crfiqa_labels(emb, ids, variant=cfg.crfiqa.variant)
-            quality[np.asarray(idx)[have]] = q
+        quality, status = _identity_labels(params, rows, method, cfg)
     elif method == "serfiq":
         quality, status = _serfiq_labels(params, rows, cfg.serfiq)
     elif method == "csv":

@@ -33,24 +33,11 @@ def read_lfw_pairs(path: str | Path) -> pd.DataFrame:
     rows = []
     for i, tok in enumerate(body):
         fold = i // (2 * per_fold)
-        if len(tok) == 3:
-            rows.append(
-                (
-                    lfw_image_path(tok[0], int(tok[1])),
-                    lfw_image_path(tok[0], int(tok[2])),
-                    True,
-                    fold,
-                )
-            )
-        elif len(tok) == 4:
-            rows.append(
-                (
-                    lfw_image_path(tok[0], int(tok[1])),
-                    lfw_image_path(tok[2], int(tok[3])),
-                    False,
-                    fold,
-                )
-            )
+        if len(tok) in (3, 4):  # name n1 n2 (mated) | name1 n1 name2 n2 (non-mated)
+            mated = len(tok) == 3
+            other = (tok[0], tok[2]) if mated else (tok[2], tok[3])
+            rows.append((lfw_image_path(tok[0], int(tok[1])),
+                         lfw_image_path(other[0], int(other[1])), mated, fold))
         else:
             raise ValueError(f"{p}: line {i + 2} has {len(tok)} fields, expected 3 or 4")
     return pd.DataFrame(rows, columns=PAIRS_COLUMNS)

@@ -15,6 +15,7 @@ method, variant, fmr, threshold), with the columns of ``RESULT_COLUMNS``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,29 +156,28 @@ def pauc_table(
 
     Rows are indexed by (method, variant); columns are the benchmarks plus ``mean``.
     """
+    return _wide(_cell_selection(results, fr_model, detector, fmr, threshold), results, "pauc")
+
+
+def _cell_selection(results: pd.DataFrame, fr_model: str, detector: str, fmr: float,
+                    threshold: str) -> pd.DataFrame:
     sel = _select(results, fr_model=fr_model, detectors=[detector], fmr=fmr, threshold=threshold)
     if sel.empty:
         raise ValueError(f"no results for {fr_model}/{detector} at FMR {fmr:g}, {threshold}")
-    return _wide(sel, results, "pauc")
+    return sel
 
 
-def fnmr0_table(
-    results: pd.DataFrame,
-    fr_model: str,
-    detector: str,
-    *,
-    fmr: float = 1e-3,
-    threshold: str = "recomputed",
-) -> pd.DataFrame:
+def fnmr0_table(results: pd.DataFrame, fr_model: str, detector: str, **mode: Any
+                ) -> pd.DataFrame:
     """FNMR before discarding and pairs scored, per benchmark: the footer of a pAUC table.
 
     pAUC is normalised by FNMR(0), so the same pAUC means more on a benchmark with higher
     FNMR(0); the reader needs both. Values come from the ``none`` row when present (all
-    methods share the pairs), else the first row of each benchmark.
+    methods share the pairs), else the first row of each benchmark. ``mode``: ``fmr`` and
+    ``threshold`` as for :func:`pauc_table`.
     """
-    sel = _select(results, fr_model=fr_model, detectors=[detector], fmr=fmr, threshold=threshold)
-    if sel.empty:
-        raise ValueError(f"no results for {fr_model}/{detector} at FMR {fmr:g}, {threshold}")
+    settings = {"fmr": 1e-3, "threshold": "recomputed", **mode}
+    sel = _cell_selection(results, fr_model, detector, settings["fmr"], settings["threshold"])
     sel = sel.assign(_pref=(sel["method"] != "none").astype(int)).sort_values(
         "_pref", kind="stable"
     )

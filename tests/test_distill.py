@@ -1,4 +1,5 @@
-"""AI-KD training: data, loss, teacher invariance, SWA, resume, labels, multi-process.
+"""AI-KD training: data, loss, teacher invariance, SWA, resume, labels (multi-process:
+tests/test_distributed.py).
 
 Everything runs on a few dozen LFW train/val images with the dlib ResNet, only the head and
 the last stage trainable, and batches of 6, so each test takes seconds on two CPU cores.
@@ -7,9 +8,7 @@ the last stage trainable, and batches of 6, so each test takes seconds on two CP
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import zlib
@@ -482,82 +481,6 @@ def test_resume_reproduces_uninterrupted_run(tiny_run, train_with_bad, val_rows,
         shutil.rmtree(out / "checkpoints" / "step_0000004")
         train_distill(DistillConfig(**{**TINY, "lr": 0.01}), train_with_bad, val_rows, out,
                       resume=True)
-
-
-def _tiny_project(root: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
-                  distill: dict) -> Path:
-    """A throw-away project for the distill stage: the rows as an ``lfw`` manifest with
-    reference landmarks, a ``rand`` label method, the teacher cache and a run ``rand-T``."""
-    from aikd.data.io import vectors_table, write_parquet_atomic
-
-    rows = pd.concat([train_rows, val_rows], ignore_index=True)
-    cols = [f"{a}{i}" for i in range(5) for a in ("x", "y")]
-    manifest = rows[["root", "path", "identity", "split"]].assign(in_eval_pairs=False)
-    manifest.to_parquet(_mkparent(root / "manifests" / "lfw.parquet"))
-    marks = rows[["path", *cols]].assign(dataset="lfw", status="ok")
-    marks.to_parquet(_mkparent(root / "landmarks" / "reference" / "lfw.parquet"))
-    rows[["path", "quality"]].to_parquet(_mkparent(root / "labels" / "rand.parquet"))
-    teacher, _ = build_models("dlib_resnet", None, "head", seed=0)
-    vectors = teacher_embed_rows(teacher, rows, workers=0)
-    write_parquet_atomic(vectors_table(rows["path"].tolist(), vectors),
-                         root / "embeddings" / "reference" / "lfw_dlib_resnet.parquet")
-    params = {
-        "seed": 0,
-        "manifest": {"out_dir": str(root / "manifests")},
-        "landmarks": {"out_dir": str(root / "landmarks"), "training_detector": "reference"},
-        "embed": {"out_dir": str(root / "embeddings"), "backbone": "dlib_resnet"},
-        "labels": {"out_dir": str(root / "labels"), "datasets": ["lfw"],
-                   "splits": ["train", "val"]},
-        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-                   "artifact_root": str(root / "artifacts")},
-        "distill": {"out_dir": str(root / "models"), "work_dir": str(root / "checkpoints"),
-                    "runs": {"rand-T": {"labels": "rand", "variant": "T"}},
-                    "variants": {"T": {}}, "val_detectors": [], **distill},
-    }
-    path = root / "params.yaml"
-    path.write_text(json.dumps(params))
-    return path
-
-
-def _mkparent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.mark.slow
-def test_two_processes_see_disjoint_data_and_end_equal(train_rows, val_rows, tmp_path):
-    """Two CPU processes (gloo DDP): ``accelerate launch -m aikd.distill <run>``.
-
-    ``accelerate launch --cpu --num_processes 2`` would go through accelerate's MPI
-    launcher (mpirun is not installed here) and silently start a single process;
-    ``--multi_gpu`` starts the processes with torch's elastic agent, and with no GPU
-    visible ``train_distill``'s ``Accelerator(cpu=True)`` joins them over gloo.
-    """
-    launcher = Path(sys.executable).with_name("accelerate")
-    if not launcher.is_file():
-        pytest.skip("accelerate CLI not installed in this environment")
-    cfg = {**TINY, "batch_size": 3, "trace": True, "check_images": False}
-    params = _tiny_project(tmp_path, train_rows, val_rows, cfg)
-    with socket.socket() as sock:  # a free port, so parallel test runs do not collide
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           "-m", "aikd.distill", "rand-T", "--params", str(params)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    work = tmp_path / "checkpoints" / "rand-T"
-    traces = [json.loads((work / "trace" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(t["world_size"] == 2 for t in traces)
-    seen = [{i for e, i in t["seen"] if e == 0} for t in traces]
-    assert len(seen[0]) == len(seen[1]) == 12 and not seen[0] & seen[1]
-    assert traces[0]["student_digest"] == traces[1]["student_digest"]
-    assert traces[0]["swa_digest"] == traces[1]["swa_digest"]
-    saved = torch.load(tmp_path / "models" / "rand-T" / "model.pt", weights_only=True)
-    assert saved["extra"]["steps"] == 4  # 24 images / (3 x 2 processes)
-    assert proc.stdout.count("distill rand-T: 4 steps") == 1  # published once, by rank 0
 
 
 def test_module_entry_point_reports_an_unknown_run(tmp_path):

@@ -10,7 +10,7 @@ What is checked (docs/scaling.md, "Multi-process and multi-GPU training"):
   whose per-step losses match one process with the same global batch (LOSS_ATOL), whose
   checkpoints resume to the same ``model.pt`` as an uninterrupted two-process run, and in
   which only rank 0 writes the published files and logs to MLflow;
-* (xfail, a known bug) a resume with another number of processes is refused.
+* a resume with another number of processes is refused (the global batch would change).
 
 The launches run ``tests/accelerate_entry.py``, which records, per rank, every file opened
 for writing; they take 40-70 s each on two shared cores and are marked ``slow``.
@@ -259,13 +259,6 @@ def test_two_process_checkpoints_resume(two_process_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "bug: a resume does not check the number of processes. The global batch is "
-    "batch_size x processes, yet check_resumable compares only DistillConfig and "
-    "Accelerate's load_state skips missing random_states_<r>.pkl, so a two-process "
-    "checkpoint resumed by one process silently continues with another batch, epoch "
-    "length and step count. Fix: keep accelerator.num_processes in TrainState.config "
-    "(prepare_run) so check_resumable refuses the change."))
 def test_resume_with_another_number_of_processes_is_refused(two_process_runs, rows, tmp_path):
     """A checkpoint of two processes resumed by one: refused like a changed batch_size."""
     run = tmp_path / "run"

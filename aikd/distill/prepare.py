@@ -172,10 +172,13 @@ def prepare_run(
     swa_model = AveragedModel(student)
     student, optimizer = accelerator.prepare(student, optimizer)
     trainable = [p for p in accelerator.unwrap_model(student).parameters() if p.requires_grad]
-    state = TrainState(cfg.to_dict())
+    # The global batch is batch_size x processes: a resume with another process count
+    # would silently continue another run, so the count is part of what must not change.
+    resumable = {**cfg.to_dict(), "processes": accelerator.num_processes}
+    state = TrainState(resumable)
     accelerator.register_for_checkpointing(warm_sched, swa_sched, swa_model, state)
     if resume:
-        resume_latest(accelerator, state, cfg.to_dict(), ckpt_dir)
+        resume_latest(accelerator, state, resumable, ckpt_dir)
     return TrainingRun(
         cfg, out, ckpt_dir, accelerator, label_norm, val, val_e, val_landmarks, skipped,
         dataset, _loader(cfg, accelerator, dataset, plan, state.step), plan, teacher, student,

@@ -213,7 +213,6 @@ def two_process_runs(tmp_path_factory, rows):
     return where
 
 
-@pytest.mark.slow
 def test_two_processes_match_one_process(two_process_runs, rows, tmp_path):
     """Same global batch, same per-step losses and weights within float rounding; each
     image exactly once per epoch; only the main process writes the outputs."""
@@ -234,7 +233,6 @@ def test_two_processes_match_one_process(two_process_runs, rows, tmp_path):
     assert not (two_process_runs / "stopped" / "model.pt").exists()
 
 
-@pytest.mark.slow
 def test_two_process_checkpoints_resume(two_process_runs):
     """The stopped two-process run, resumed by a new launch from its step-4 checkpoint,
     ends with the losses and the model.pt of the uninterrupted two-process run, bit for

@@ -25,6 +25,9 @@ class EmbedSettings:
     batch_size: int
     workers: int       # image decoding + alignment processes beside the network
     threads: int       # torch intra-op threads
+    #: The backbone's weights file (an insightface ``backbone.pth`` for iresnet50/100);
+    #: None: load_backbone's default (dlib's trained model; random init for iresnets).
+    backbone_weights: str | None = None
 
 
 def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
@@ -40,7 +43,8 @@ def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
     manifest = pd.read_parquet(manifest_path(params, dataset))
     marks = pd.read_parquet(landmarks_path(params, dataset, detector))
     rows = manifest[["root", "path"]].merge(marks[marks["status"] == "ok"], on="path")
-    model = load_backbone(cfg.backbone).eval().to(memory_format=torch.channels_last)
+    model = load_backbone(cfg.backbone, cfg.backbone_weights).eval().to(
+        memory_format=torch.channels_last)
     out = embeddings_path(params, dataset, detector)
     meta, vectors, failed = embed_table(model, rows, out, batch_size=cfg.batch_size,
                                         workers=cfg.workers)

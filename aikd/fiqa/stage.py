@@ -31,7 +31,8 @@ def _serfiq_labels(params: Mapping[str, Any], rows: pd.DataFrame, s: SerfiqSetti
     from aikd.fiqa.serfiq import serfiq_scores
     from aikd.models.registry import load_backbone
 
-    model = load_backbone(section(params, "embed")["backbone"]).eval()
+    embed = section(params, "embed")
+    model = load_backbone(embed["backbone"], embed.get("backbone_weights")).eval()
     files = row_files(rows)
     quality = np.full(len(rows), np.nan)
     status = np.full(len(rows), "ok", dtype=object)

@@ -88,8 +88,12 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     from aikd.models.registry import load_backbone
 
     cfg = from_section(QualitySettings, params, "quality")
-    sig: dict[str, Any] = {"backbone": from_section(EmbedSettings, params, "embed").backbone}
-    backbone = load_backbone(sig["backbone"]).eval().to(memory_format=torch.channels_last)
+    embed = from_section(EmbedSettings, params, "embed")
+    sig: dict[str, Any] = {"backbone": embed.backbone}
+    if embed.backbone_weights is not None:  # absent by default: the signature is unchanged
+        sig["backbone_weights"] = file_md5(embed.backbone_weights)
+    backbone = load_backbone(embed.backbone, embed.backbone_weights).eval().to(
+        memory_format=torch.channels_last)
     templates = {backbone.template}
     models = {}
     for run in section(params, "distill")["runs"] or {}:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -91,7 +92,7 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     embed = from_section(EmbedSettings, params, "embed")
     sig: dict[str, Any] = {"backbone": embed.backbone}
     if embed.backbone_weights is not None:  # absent by default: the signature is unchanged
-        sig["backbone_weights"] = file_md5(embed.backbone_weights)
+        sig["backbone_weights"] = file_md5(Path(embed.backbone_weights))
     backbone = load_backbone(embed.backbone, embed.backbone_weights).eval().to(
         memory_format=torch.channels_last)
     templates = {backbone.template}

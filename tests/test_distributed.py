@@ -13,7 +13,8 @@ What is checked (docs/scaling.md, "Multi-process and multi-GPU training"):
 * a resume with another number of processes is refused (the global batch would change).
 
 The launches run ``tests/accelerate_entry.py``, which records, per rank, every file opened
-for writing; they take 40-70 s each on two shared cores and all but the first two (same losses, resume; in CI) are marked ``slow``.
+for writing; they take 40-70 s each on two shared cores; all but the first two (same
+losses, resume: these run in CI) are marked ``slow``.
 """
 
 from __future__ import annotations

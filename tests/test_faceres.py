@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from aikd.models.faceres import (
-    FaceresWeightsMissing,
     FaceResNet,
+    FaceresWeightsMissing,
     build_faceres,
     default_faceres_weights_path,
     faceres_cache_dir,

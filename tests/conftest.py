@@ -42,3 +42,20 @@ def lfw_sample(lfw_reference: pd.DataFrame) -> pd.DataFrame:
 
 def landmarks_of(row: pd.Series) -> np.ndarray:
     return np.array([[row[f"x{i}"], row[f"y{i}"]] for i in range(5)], dtype=np.float64)
+
+
+def labelled_lfw_rows(lfw_root: Path, lfw_reference: pd.DataFrame, n_train: int,
+                      n_val: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tiny training data from real LFW faces: ``n_train`` train rows spread over the
+    sorted reference table and ``n_val`` val rows of other identities with >= 2 images,
+    each with a seeded random label (the distill tests' rows)."""
+    ref = lfw_reference.sort_values("path").reset_index(drop=True)
+    ref.insert(0, "root", str(lfw_root))
+    ref["identity"] = ref["path"].str.split("/").str[-2]
+    many = ref["identity"].map(ref["identity"].value_counts()) >= 2
+    val = ref[many].head(n_val).reset_index(drop=True)
+    rest = ref[~ref["identity"].isin(set(val["identity"]))]
+    train = rest.iloc[:: len(rest) // n_train].head(n_train).reset_index(drop=True)
+    train["quality"] = np.random.default_rng(0).uniform(0.2, 0.9, len(train))
+    val["quality"] = np.random.default_rng(1).uniform(0.2, 0.9, len(val))
+    return train, val

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import labelled_lfw_rows
 from torch.utils.data import DataLoader
 
 import aikd.distill.prepare as prepare
@@ -40,16 +41,7 @@ TINY = dict(
 @pytest.fixture(scope="module")
 def rows(lfw_root, lfw_reference) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(12 train rows, 8 val rows of identities with >= 2 images), seeded random labels."""
-    ref = lfw_reference.sort_values("path").reset_index(drop=True)
-    ref.insert(0, "root", str(lfw_root))
-    ref["identity"] = ref["path"].str.split("/").str[-2]
-    many = ref["identity"].map(ref["identity"].value_counts()) >= 2
-    val = ref[many].head(8).reset_index(drop=True)
-    rest = ref[~ref["identity"].isin(set(val["identity"]))]
-    train = rest.iloc[:: len(rest) // 12].head(12).reset_index(drop=True)
-    train["quality"] = np.random.default_rng(0).uniform(0.2, 0.9, len(train))
-    val["quality"] = np.random.default_rng(1).uniform(0.2, 0.9, len(val))
-    return train, val
+    return labelled_lfw_rows(lfw_root, lfw_reference, 12, 8)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import labelled_lfw_rows
 
 from aikd.distill.data import EpochStreamSampler
 from aikd.distill.train import train_distill
@@ -127,15 +128,7 @@ def test_sharded_stream_is_the_one_process_stream(n, world):
 @pytest.fixture(scope="module")
 def rows(lfw_root: Path, lfw_reference: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(24 train rows, 16 val rows of identities with >= 2 images), seeded random labels."""
-    ref = lfw_reference.sort_values("path").reset_index(drop=True)
-    ref.insert(0, "root", str(lfw_root))
-    ref["identity"] = ref["path"].str.split("/").str[-2]
-    many = ref["identity"].map(ref["identity"].value_counts()) >= 2
-    val = ref[many].head(16).reset_index(drop=True)
-    rest = ref[~ref["identity"].isin(set(val["identity"]))]
-    train = rest.iloc[:: len(rest) // N_TRAIN].head(N_TRAIN).reset_index(drop=True)
-    train["quality"] = np.random.default_rng(0).uniform(0.2, 0.9, len(train))
-    val["quality"] = np.random.default_rng(1).uniform(0.2, 0.9, len(val))
+    train, val = labelled_lfw_rows(lfw_root, lfw_reference, N_TRAIN, 16)
     return train.assign(split="train"), val.assign(split="val")
 
 

@@ -417,6 +417,9 @@ def test_saved_model_scores_in_label_scale(tiny_run, val_rows):
     assert {"val_quality_loss", "val_cosine", "val_pauc_fmr1e-2", "val_pauc_fmr1e-3"} <= set(
         metrics)
     assert 0.5 < metrics["val_cosine"] <= 1.0
+    # Learnability: the student's fit on the faces as aligned, beside a constant's.
+    assert {"val_l1", "val_spearman", "const_val_l1"} <= set(metrics)
+    assert 0.0 <= metrics["val_l1"] <= 1.0 and -1.0 <= metrics["val_spearman"] <= 1.0
 
 
 def test_progress_is_logged_to_the_active_mlflow_run(tiny_run):

@@ -249,14 +249,17 @@ def _validate_during(run: TrainingRun, progress: _Progress, step: int) -> None:
 
 
 def _validate(run: TrainingRun, model: nn.Module, rows: pd.DataFrame,
-              teacher_embeddings: np.ndarray) -> dict[str, float]:
+              teacher_embeddings: np.ndarray, *, final: bool = False) -> dict[str, float]:
+    """Validation metrics; the final one adds the learnability figures (student vs a
+    constant and a ridge probe on the teacher embedding of the training images)."""
     cfg = run.cfg
+    train_fit = (run.dataset.targets, run.dataset.teacher) if final else None
     return validate_quality(
         model, rows, teacher_embeddings, label_norm=run.label_norm, quality_loss=run.loss_fn,
         max_shift=cfg.val_max_shift, units=cfg.jitter_units, seed=cfg.seed,
         landmark_tables=run.val_landmarks, device=run.device, batch_size=cfg.batch_size,
         channels_last=cfg.channels_last, autocast=run.accelerator.autocast,
-        workers=cfg.num_workers,
+        workers=cfg.num_workers, train_fit=train_fit,
     )
 
 
@@ -283,7 +286,7 @@ def _finish(run: TrainingRun, progress: _Progress) -> TrainResult:
     metrics: dict[str, float] = {}
     model_path: Path | None = None
     if run.main:
-        metrics = _validate(run, run.swa_model, run.val, run.val_e)
+        metrics = _validate(run, run.swa_model, run.val, run.val_e, final=True)
         timings["final_validation_s"] = time.perf_counter() - t_val
         model_path = _publish(run, progress, metrics, history)
         log.info("distill done: %s", _fmt(metrics))

@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from aikd.data.images import read_rgb
 from aikd.distill.data import VAL_EPOCH, DistillDataset, LabelNorm, landmarks_for
+from aikd.distill.learnability import learnability_metrics
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import QualityModel, cosine
 from aikd.evaluation.edc import UndefinedPAUCWarning, pauc
@@ -133,6 +134,7 @@ def validate_quality(
     channels_last: bool = True,
     autocast: Any = contextlib.nullcontext,
     workers: int = 1,
+    train_fit: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> dict[str, float]:
     """Validation metrics of a student / averaged student / ``QualityModel``.
 
@@ -145,6 +147,9 @@ def validate_quality(
       embeddings, quality = the model's quality of the jittered faces; and for each
       ``landmark_tables[name]`` the same with faces aligned by that detector
       (``..._<name>``; images it missed drop out of the pairs).
+    * with ``train_fit = (training targets, training teacher embeddings or None)``, the
+      learnability figures of :func:`aikd.distill.learnability.learnability_metrics` on the
+      faces as aligned (no jitter): the student against a constant and a ridge probe.
 
     The jitter is fixed (seeded by ``seed`` and a reserved epoch key), so successive
     validations and models are compared on the same misalignments. Tuning code gets
@@ -174,6 +179,12 @@ def validate_quality(
             out["val_quality_loss"] = float(loss.quality_term(torch.from_numpy(q), target))
         e = torch.from_numpy(np.asarray(teacher_embeddings, dtype=np.float32))
         out["val_cosine"] = float(cosine(e, torch.from_numpy(emb)).mean())
+        if train_fit is not None and "quality" in val_rows.columns:
+            q_aligned = q if max_shift <= 0 else _score_aligned(
+                model, val_rows, ds.landmarks, template, **kw)[1]
+            out.update(learnability_metrics(
+                q_aligned, label_norm.transform(val_rows["quality"].to_numpy()), train_fit[0],
+                train_fit[1], np.asarray(teacher_embeddings, dtype=np.float32)))
         if pairs is None and "identity" in val_rows.columns:
             pairs = build_validation_pairs(val_rows["identity"].tolist(), seed)
         if pairs is not None and len(pairs):

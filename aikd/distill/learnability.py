@@ -1,0 +1,102 @@
+"""Does a student learn its labels? Its fit on validation people next to two floors.
+
+A quality student is only worth distilling if it predicts its pseudo labels better than
+what needs no training: a constant (the training median) and a ridge-regression probe on
+the frozen teacher's embedding (closed form, fitted on the training images). Both floors
+and the student are scored on the same validation people, by L1 on the normalised target
+and by Spearman's rho (the order is what the EDC uses).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["RIDGE_ALPHAS", "fit_ridge", "label_fit", "learnability_metrics"]
+
+#: Ridge penalties tried; the one with the lowest leave-one-out error on TRAINING images wins.
+RIDGE_ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
+
+
+def label_fit(prediction: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(L1, Spearman rho) of predictions against targets, over the rows both are finite.
+
+    Spearman is NaN when either side is constant (a constant predictor has no order).
+    """
+    p = np.asarray(prediction, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape or p.ndim != 1:
+        raise ValueError(f"prediction {p.shape} and target {t.shape} must be 1-D of one length")
+    ok = np.isfinite(p) & np.isfinite(t)
+    if not ok.any():
+        return math.nan, math.nan
+    p, t = p[ok], t[ok]
+    l1 = float(np.mean(np.abs(p - t)))
+    if np.ptp(p) == 0 or np.ptp(t) == 0:
+        return l1, math.nan
+    return l1, float(stats.spearmanr(p, t).statistic)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fit_ridge(
+    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS
+) -> tuple[np.ndarray, float, float]:
+    """Ridge regression ``y ~ x @ w + b`` on L2-normalised rows, alpha by exact LOO on x.
+
+    Returns (w, b, alpha). The leave-one-out residuals of ridge have the closed form
+    r_i / (1 - H_ii) (H the hat matrix of the centred design), computed for every alpha
+    from one SVD, so the penalty is chosen on the training images alone.
+    """
+    xu = _unit(x)
+    yv = np.asarray(y, dtype=np.float64)
+    if xu.shape[0] != yv.shape[0] or xu.shape[0] < 2:
+        raise ValueError(f"ridge needs >= 2 rows with one target each, got {xu.shape}, "
+                         f"{yv.shape}")
+    mx, my = xu.mean(axis=0), float(yv.mean())
+    xc, yc = xu - mx, yv - my
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    uty = u.T @ yc
+    n = xc.shape[0]
+    best = (math.inf, alphas[0])
+    for alpha in alphas:
+        shrink = s**2 / (s**2 + alpha)
+        fitted = u @ (shrink * uty)
+        # Hat diagonal of the centred design, plus 1/n for the intercept.
+        h = np.einsum("ij,j,ij->i", u, shrink, u) + 1.0 / n
+        loo = np.mean(((yc - fitted) / np.maximum(1.0 - h, 1e-9)) ** 2)
+        if loo < best[0]:
+            best = (float(loo), alpha)
+    alpha = best[1]
+    w = vt.T @ (s / (s**2 + alpha) * uty)
+    return w, my - float(mx @ w), alpha
+
+
+def learnability_metrics(
+    student_val: np.ndarray,
+    target_val: np.ndarray,
+    target_train: np.ndarray,
+    teacher_train: np.ndarray | None = None,
+    teacher_val: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``val_l1``, ``val_spearman`` of the student; ``const_val_l1`` of the training median;
+    ``ridge_val_l1``, ``ridge_val_spearman``, ``ridge_alpha`` of the teacher-embedding probe
+    (left out when no teacher embeddings are given). Targets are normalised labels."""
+    out: dict[str, float] = {}
+    out["val_l1"], out["val_spearman"] = label_fit(student_val, target_val)
+    const = np.full(np.shape(target_val), float(np.median(target_train)))
+    out["const_val_l1"] = label_fit(const, target_val)[0]
+    if teacher_train is not None and teacher_val is not None:
+        keep = np.isfinite(teacher_train).all(axis=1) & np.isfinite(target_train)
+        w, b, alpha = fit_ridge(teacher_train[keep], np.asarray(target_train)[keep])
+        val_ok = np.isfinite(teacher_val).all(axis=1)
+        pred = np.full(val_ok.shape[0], np.nan)
+        pred[val_ok] = _unit(teacher_val[val_ok]) @ w + b
+        out["ridge_val_l1"], out["ridge_val_spearman"] = label_fit(pred, target_val)
+        out["ridge_alpha"] = float(alpha)
+    return out

@@ -108,7 +108,8 @@ def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
         "manifest",
         params,
         run_name=f"manifest-{dataset}",
-        log_params={"dataset": dataset_entry(params, dataset), "seed": seed},
+        log_params={"dataset": dataset_entry(params, dataset), "seed": seed,
+                    "splits": shares.as_dict()},
     ):
         mlflow.log_metrics({f"manifest.{k}": float(v) for k, v in summary.items()})
         mlflow.log_artifact(str(report_path))

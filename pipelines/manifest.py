@@ -1,4 +1,5 @@
-"""DVC stage `manifest@<dataset>`: list a data set's images with identity, split and size."""
+"""DVC stage `manifest@<dataset>`: list a data set's images with identity, person, split
+(one per person over all data sets, docs/splits.md) and size."""
 
 from _common import stage_args
 

@@ -54,12 +54,12 @@ def test_split_identities_is_seeded_and_exhaustive():
     ids = [f"id{i}" for i in range(100)]
     a = split_identities(ids, {"train": 0.6, "val": 0.1, "test": 0.3}, seed=3)
     b = split_identities(list(reversed(ids)), {"train": 0.6, "val": 0.1, "test": 0.3}, seed=3)
-    assert a == b and set(a) == set(ids)
-    counts = pd.Series(a).value_counts()
-    assert counts["train"] == 60 and counts["val"] == 10 and counts["test"] == 30
+    assert a == b and set(a) == set(ids) and set(a.values()) == {"train", "val", "test"}
     assert split_identities(ids, {"train": 0.5, "test": 0.5}, seed=4) != split_identities(
         ids, {"train": 0.5, "test": 0.5}, seed=5
     )
+    with pytest.raises(ValueError, match="non-negative"):
+        split_identities(ids, {"train": -1.0, "test": 2.0}, seed=0)
 
 
 def test_lfw_manifest_flags_eval_images_and_reports_junk(tiny_lfw):
@@ -69,8 +69,11 @@ def test_lfw_manifest_flags_eval_images_and_reports_junk(tiny_lfw):
     assert len(m) == n_images
     eval_paths = {f"images/{NAMES[0]}/{NAMES[0]}_000{i}.jpg" for i in (1, 2, 3)}
     assert eval_paths <= set(m.loc[m["in_eval_pairs"], "path"])
-    assert (m.loc[m["in_eval_pairs"], "split"] == "test").all()
-    assert not m.loc[~m["in_eval_pairs"], "split"].eq("test").any()
+    # View 2 images only carry the flag: the split is the person's draw (here no test at all).
+    assert not m["split"].eq("test").any()
+    expected = split_identities(NAMES, {"train": 0.5, "val": 0.5}, seed=0)
+    assert m["split"].tolist() == m["identity"].map(expected).tolist()
+    assert (m["person"] == m["identity"].str.lower().str.replace("_", " ")).all()
     assert set(m["identity"]) == set(NAMES)
     assert (m["width"] == 150).all() and (m["height"] == 150).all()
     reasons = dict(zip(res.rejected["path"], res.rejected["reason"], strict=True))
@@ -94,13 +97,14 @@ def test_broken_manifest_is_rejected_with_readable_report(tiny_lfw):
     m = build_manifest("lfw", tiny_lfw, fractions={"train": 1.0}, seed=0).manifest
     bad = m.copy()
     bad.loc[0, "path"] = bad.loc[1, "path"]  # duplicate
-    bad.loc[2, "split"] = "train"  # an evaluation image leaking into training
+    bad.loc[2, "split"] = "test"  # one image of a person moved to another split
+    assert bad.loc[2, "person"] == bad.loc[1, "person"]
     bad.loc[3, "path"] = "images/missing.jpg"
     bad.loc[4, "width"] = 0
     report = validate_manifest(bad, "broken")
     assert not report.success
     text = report.to_markdown()
-    for needle in ("expect_column_values_to_be_unique", "file_exists", "width", "split"):
+    for needle in ("expect_column_values_to_be_unique", "file_exists", "width", "person_splits"):
         assert needle in text
     with pytest.raises(DataValidationError, match="FAILED"):
         report.raise_for_failure()
@@ -164,18 +168,21 @@ def test_ytf_manifest_reports_a_stray_file_instead_of_crashing(tmp_path, ytf_roo
 
 
 def test_dataset_spec_reads_entries_with_their_optional_keys() -> None:
-    """`datasets.<name>`: kind and root required; splits default to 80/10/10; a subset is typed."""
-    from aikd.data.datasets import DEFAULT_SPLITS, Subset, dataset_spec
+    """`datasets.<name>`: kind and root required; a subset is typed; a per-dataset `splits`
+    fails and points to the top-level shares."""
+    from aikd.data.datasets import Subset, dataset_spec
 
     params = {"datasets": {"mine": {"kind": "folder", "root": "/faces"},
-                           "lfw": {"kind": "lfw", "root": "x", "splits": {"train": 1.0},
-                                   "subset": {"identities": 6, "max_images": 4}}}}
+                           "lfw": {"kind": "lfw", "root": "x",
+                                   "subset": {"identities": 6, "max_images": 4}},
+                           "old": {"kind": "lfw", "root": "x", "splits": {"train": 1.0}}}}
     mine = dataset_spec(params, "mine")
-    assert (mine.kind, mine.root, mine.splits, mine.subset) == ("folder", "/faces",
-                                                               DEFAULT_SPLITS, None)
+    assert (mine.kind, mine.root, mine.subset) == ("folder", "/faces", None)
     assert dataset_spec(params, "lfw").subset == Subset(identities=6, max_images=4)
     with pytest.raises(KeyError, match="dataset 'nope' is not in params 'datasets' \\(mine, lfw"):
         dataset_spec(params, "nope")
+    with pytest.raises(ValueError, match="datasets.old: a per-dataset 'splits'.*top-level"):
+        dataset_spec(params, "old")
     params["datasets"]["mine"]["split"] = {"train": 1.0}
     with pytest.raises(ValueError, match="datasets.mine: unknown key\\(s\\) split"):
         dataset_spec(params, "mine")
@@ -187,3 +194,17 @@ def test_repo_params_datasets_are_valid_specs() -> None:
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     assert {n: dataset_spec(params, n).kind for n in params["datasets"]} == {
         "lfw": "lfw", "ytf": "ytf"}
+    from aikd.data.datasets import split_shares
+
+    assert split_shares(params).as_dict() == {"train": 0.55, "val": 0.10, "test": 0.35}
+
+
+def test_smoke_profile_datasets_are_valid_specs() -> None:
+    from aikd.data.datasets import dataset_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    params = load_params(repo / "params.yaml")
+    smoke = load_params(repo / "profiles" / "smoke.yaml")
+    for name, entry in smoke["datasets"].items():
+        params["datasets"][name] = {**params["datasets"].get(name, {}), **entry}
+    assert dataset_spec(params, "drill").kind == "folder"

@@ -1,13 +1,20 @@
-"""Dataset manifests: one parquet row per image with identity, split and size.
+"""Dataset manifests: one parquet row per image with identity, person, split and size.
 
 Every later stage (landmarks, embeddings, labels, training, evaluation) starts from a
 manifest, so a user's own data set only needs a manifest to run the same DAG. Paths are
 stored relative to the dataset root (`root` column), which keeps manifests portable.
+
+Splits are per PERSON over the union of data sets (docs/splits.md): a person's split is a
+seeded hash draw on the normalised name (`person`), so every manifest stage assigns the
+same person to the same split without reading the other data sets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +31,14 @@ MANIFEST_COLUMNS = [
     "root",
     "path",
     "identity",
+    "person",
     "dataset",
     "split",
     "width",
     "height",
     "in_eval_pairs",
-    "identity_in_eval",
 ]
+_SEPARATORS = re.compile(r"[\s_\-]+")
 
 
 @dataclass
@@ -41,26 +49,47 @@ class ManifestResult:
     rejected: pd.DataFrame
 
 
-def split_identities(
-    identities: list[str], fractions: Mapping[str, float], seed: int
-) -> dict[str, str]:
-    """Assign whole identities to splits (seeded), so no person spans two splits."""
+def normalise_person(name: str) -> str:
+    """The person key shared by all data sets: Unicode NFC, lower case, runs of spaces,
+    underscores and hyphens collapsed to one space, stripped (``John_Smith`` and
+    ``john  smith`` are one person)."""
+    text = unicodedata.normalize("NFC", str(name)).lower()
+    return _SEPARATORS.sub(" ", text).strip()
+
+
+def person_draw(person: str, seed: int) -> float:
+    """A deterministic uniform draw in [0, 1) for a normalised person name and the seed."""
+    digest = hashlib.blake2b(f"{int(seed)}\x00{person}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _check_shares(fractions: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
     if not fractions:
         raise ValueError("split fractions are empty")
     total = float(sum(fractions.values()))
     if total <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum > 0: {dict(fractions)}")
-    ids = sorted(set(identities))
-    order = np.random.default_rng(seed).permutation(len(ids))
     names = list(fractions)
-    bounds = np.round(np.cumsum([fractions[n] / total for n in names]) * len(ids)).astype(int)
-    out: dict[str, str] = {}
-    start = 0
-    for name, stop in zip(names, bounds, strict=True):
-        for j in order[start:stop]:
-            out[ids[j]] = name
-        start = stop
-    return out
+    bounds = np.cumsum([fractions[n] / total for n in names])
+    bounds[-1] = 1.0  # no draw falls past the last split through rounding
+    return names, bounds
+
+
+def person_split(name: str, fractions: Mapping[str, float], seed: int) -> str:
+    """The split of one person (any spelling of the name): the hash draw mapped through the
+    cumulative shares, independent of every other person and data set."""
+    names, bounds = _check_shares(fractions)
+    u = person_draw(normalise_person(name), seed)
+    return names[int(np.searchsorted(bounds, u, side="right"))]
+
+
+def split_identities(
+    identities: Iterable[str], fractions: Mapping[str, float], seed: int
+) -> dict[str, str]:
+    """Assign whole identities to splits: ``{identity: split}`` by `person_split`, so the
+    same person gets the same split in every data set (and adding people moves nobody)."""
+    _check_shares(fractions)  # fails on bad shares even without identities
+    return {i: person_split(i, fractions, seed) for i in sorted(set(identities))}
 
 
 def _scan_identity_folders(images_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -106,25 +135,23 @@ def _build(
 ) -> ManifestResult:
     rows = []
     bad = [(f"{prefix}{p}", why) for p, why in rejected]
-    eval_ids = {p.split("/")[-2] for p in eval_paths}
     for identity, rel in files:
         path = f"{prefix}{rel}"
         size = _image_size(root / path)
         if isinstance(size, str):
             bad.append((path, size))
             continue
-        in_eval = path in eval_paths
         rows.append(
             (
                 str(root),
                 path,
                 identity,
+                normalise_person(identity),
                 dataset,
-                "test" if in_eval else splits[identity],
+                splits[identity],
                 size[0],
                 size[1],
-                in_eval,
-                identity in eval_ids,
+                path in eval_paths,
             )
         )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
@@ -142,21 +169,20 @@ def folder_manifest(
     images_subdir: str = "",
     eval_paths: set[str] | None = None,
 ) -> ManifestResult:
-    """Manifest of a `<root>/<images_subdir>/<identity>/<image>` folder, split by identity."""
+    """Manifest of a `<root>/<images_subdir>/<identity>/<image>` folder: each identity's
+    split is its person's hash draw (`split_identities`). ``eval_paths`` only flags images
+    (`in_eval_pairs`); it does not move them to a split."""
     root = Path(root)
     images_dir = root / images_subdir if images_subdir else root
     files, rejected = _scan_identity_folders(images_dir)
     prefix = f"{images_subdir.strip('/')}/" if images_subdir else ""
-    eval_paths = eval_paths or set()
-    train_ids = sorted({i for i, rel in files if f"{prefix}{rel}" not in eval_paths})
-    splits = split_identities(train_ids, fractions, seed)
-    for i, _ in files:  # identities whose every image is evaluation-only
-        splits.setdefault(i, "test")
-    return _build(root, prefix, dataset, files, rejected, splits, eval_paths)
+    splits = split_identities([i for i, _ in files], fractions, seed)
+    return _build(root, prefix, dataset, files, rejected, splits, eval_paths or set())
 
 
 def lfw_manifest(root: str | Path, *, fractions: Mapping[str, float], seed: int) -> ManifestResult:
-    """LFW: images in the View 2 pairs are `test` (evaluation-only); the rest split by identity."""
+    """LFW, split by person like every data set; `in_eval_pairs` flags the View 2 pair
+    images (for the secondary View 2 table), whatever split their person drew."""
     root = Path(root)
     pairs = read_lfw_pairs(root / "pairs.txt")
     eval_paths = set(pairs["path_a"]) | set(pairs["path_b"])
@@ -166,7 +192,7 @@ def lfw_manifest(root: str | Path, *, fractions: Mapping[str, float], seed: int)
 
 
 def ytf_manifest(root: str | Path, *, fractions: Mapping[str, float], seed: int) -> ManifestResult:
-    """YouTube Faces frames `<Name>_<video><frame>.jpg`, split by identity; adds `video`."""
+    """YouTube Faces frames `<Name>_<video><frame>.jpg`, split by person; adds `video`."""
     res = folder_manifest(root, "ytf", fractions=fractions, seed=seed, images_subdir="images")
     stem = res.manifest["path"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
     video = stem.str.extract(r"_(\d)\d+$", expand=False)
@@ -189,7 +215,8 @@ def build_manifest(
     seed: int,
     dataset: str | None = None,
 ) -> ManifestResult:
-    """Dispatch on the dataset kind: `lfw`, `ytf` or `folder` (a user's identity folders)."""
+    """Dispatch on the dataset kind: `lfw`, `ytf` or `folder` (a user's identity folders).
+    ``fractions``: the top-level ``splits`` shares of people."""
     if kind == "lfw":
         return lfw_manifest(root, fractions=fractions, seed=seed)
     if kind == "ytf":
@@ -197,6 +224,14 @@ def build_manifest(
     if kind == "folder":
         return folder_manifest(root, dataset or Path(root).name, fractions=fractions, seed=seed)
     raise ValueError(f"unknown dataset kind {kind!r}; expected lfw, ytf or folder")
+
+
+def with_person(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with a `person` column (derived from `identity` for a manifest written
+    before the column existed)."""
+    if "person" in manifest.columns:
+        return manifest
+    return manifest.assign(person=manifest["identity"].map(normalise_person))
 
 
 def subset_manifest(

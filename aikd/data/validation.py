@@ -8,7 +8,7 @@ failed, how many rows, examples), also written to disk for DVC/MLflow.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ class ValidationReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     n_expectations: int = 0
     path: Path | None = field(default=None, compare=False)  # where write() put the report
+    notes: list[str] = field(default_factory=list)  # markdown lines after the table
+    offenders: list[str] = field(default_factory=list)  # e.g. people in two splits
 
     def to_markdown(self) -> str:
         head = "PASSED" if self.success else "FAILED"
@@ -52,6 +54,8 @@ class ValidationReport:
             for f in self.failures:
                 ex = ", ".join(map(str, f["examples"]))[:200]
                 lines.append(f"| {f['expectation']} | {f['column']} | {f['unexpected']} | {ex} |")
+        if self.notes:
+            lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> Path:
@@ -64,9 +68,14 @@ class ValidationReport:
     def raise_for_failure(self) -> None:
         if not self.success:
             where = f" (report: {self.path})" if self.path else ""
+            who = ""
+            if self.offenders:
+                shown = ", ".join(self.offenders[:20])
+                more = f" and {len(self.offenders) - 20} more" if len(self.offenders) > 20 else ""
+                who = f"; offending: {shown}{more}"
             raise DataValidationError(
                 f"validation of {self.name} failed: {len(self.failures)} of "
-                f"{self.n_expectations} expectations{where}\n\n{self.to_markdown()}")
+                f"{self.n_expectations} expectations{where}{who}\n\n{self.to_markdown()}")
 
 
 def _context() -> Any:
@@ -118,21 +127,18 @@ def validate(df: pd.DataFrame, name: str, expectations: Sequence[Any]) -> Valida
 
 
 def manifest_expectations() -> list[Any]:
-    """Paths exist and are unique, identity present, sizes positive, eval images only in test."""
+    """Paths exist and are unique, identity and person present, sizes positive, splits
+    known, and each person in one split (`person_splits`: splits the row's person is in)."""
     return [
         gxe.ExpectColumnValuesToBeUnique(column="path"),
         gxe.ExpectColumnValuesToNotBeNull(column="path"),
         gxe.ExpectColumnValuesToNotBeNull(column="identity"),
+        gxe.ExpectColumnValuesToNotBeNull(column="person"),
         gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"]),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="split",
-            value_set=["test"],
-            row_condition="in_eval_pairs==True",
-            condition_parser="pandas",
-        ),
+        gxe.ExpectColumnValuesToBeInSet(column="person_splits", value_set=[1]),
     ]
 
 
@@ -141,7 +147,47 @@ def validate_manifest(manifest: pd.DataFrame, name: str) -> ValidationReport:
     df["file_exists"] = [
         (Path(r) / p).is_file() for r, p in zip(df["root"], df["path"], strict=True)
     ]
+    df["person_splits"] = df.groupby("person", dropna=False)["split"].transform("nunique")
     return validate(df, f"manifest_{name}", manifest_expectations())
+
+
+def person_split_rows(manifests: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The distinct (person, split) rows of the union of manifests (name -> manifest with
+    `person` and `split`), with `datasets`: where each row comes from, e.g. ``lfw, ytf``."""
+    parts = [m[["person", "split"]].assign(dataset=str(name)) for name, m in manifests.items()]
+    union = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["person", "split", "dataset"])
+    rows = (union.groupby(["person", "split"], sort=True, dropna=False)["dataset"]
+            .agg(lambda d: ", ".join(sorted(set(d)))).rename("datasets").reset_index())
+    return rows
+
+
+def validate_person_splits(manifests: Mapping[str, pd.DataFrame],
+                           name: str = "person_splits") -> ValidationReport:
+    """The cross-manifest gate: every person (normalised name) is in one split over all the
+    given manifests. A GX uniqueness expectation on `person` over the distinct
+    (person, split) rows, whose unexpected values are the offending people; the report
+    lists each of them with the split it has in each data set."""
+    rows = person_split_rows(manifests)
+    report = validate(rows, name, [gxe.ExpectColumnValuesToBeUnique(column="person")])
+    report.n_rows = int(sum(len(m) for m in manifests.values()))
+    for f in report.failures:  # GX lists a person once per extra split: name each once
+        f["examples"] = list(dict.fromkeys(f["examples"]))
+    in_sets = pd.Series([p for m in manifests.values() for p in m["person"].unique()])
+    report.notes.append(
+        f"{rows['person'].nunique()} people over {len(manifests)} manifests "
+        f"({', '.join(map(str, manifests))}); {int((in_sets.value_counts() > 1).sum())} "
+        f"of them in more than one.")
+    bad = rows[rows.duplicated("person", keep=False)]
+    if len(bad):
+        report.offenders = sorted(bad["person"].unique())
+        report.notes += ["", "People in more than one split:", "",
+                         "| person | split: data sets |", "|---|---|"]
+        for person, part in bad.groupby("person", sort=True):
+            where = "; ".join(f"{s}: {d}" for s, d in zip(part["split"], part["datasets"],
+                                                             strict=True))
+            report.notes.append(f"| {person} | {where} |")
+    return report
 
 
 def landmark_expectations(max_failure_rate: float) -> list[Any]:

@@ -56,7 +56,7 @@ def make(params: dict, dataset: str, lfw_root: Path, identities: int, images: in
             rows.append(ref.loc[ref["path"] == src].assign(path=rel))
     table = pd.concat(rows, ignore_index=True).drop(columns="identity")
     # Same identity split as the manifest will compute, so both splits get broken files.
-    split = split_identities(chosen, cfg["splits"], int(params.get("seed", 0)))
+    split = split_identities(chosen, params["splits"], int(params.get("seed", 0)))
     for s in sorted(set(split.values())):
         name = next(n for n in chosen if split[n] == s)
         first = table[table["path"].str.startswith(f"{name}/")].iloc[0]

@@ -27,6 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 #: 8 identities x 3 images: splits 4 / 2 / 2 identities -> 12 training images.
 IDENTITIES, PER_IDENTITY = 8, 3
+SHARES = {"train": 0.5, "val": 0.25, "test": 0.25}
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +68,10 @@ def _folder_dataset(root: Path, lfw_reference: pd.DataFrame, lfw_root: Path) -> 
     """<root>/<identity>/<image> (symlinks to LFW) and <root>/landmarks_5pt.csv."""
     ref = lfw_reference.assign(identity=lfw_reference["path"].str.split("/").str[1])
     counts = ref.groupby("identity").size()
-    ids = sorted(counts[counts >= PER_IDENTITY].index)[:: 40][:IDENTITIES]
+    from aikd.data.manifest import split_identities  # people drawn into 4 / 2 / 2 splits
+    split = split_identities(sorted(counts[counts >= PER_IDENTITY].index)[::40], SHARES, 0)
+    want = {"train": 4, "val": 2, "test": 2}
+    ids = [i for i, s in split.items() if sum(split[j] == s for j in split if j <= i) <= want[s]]
     rows = ref[ref["identity"].isin(ids)].groupby("identity").head(PER_IDENTITY)
     for p in rows["path"]:
         dst = root / Path(p).relative_to("images")
@@ -81,8 +85,8 @@ def _tiny(params: dict[str, Any], tmp: Path, weights: Path, backbone: str) -> di
     """The GPU profile made tiny: one folder data set, every output under ``tmp``."""
     p = copy.deepcopy(params)
     p["embed"]["backbone"] = p["distill"]["backbone"] = backbone
-    p["datasets"] = {"faces": {"kind": "folder", "root": str(tmp / "faces"),
-                               "splits": {"train": 0.5, "val": 0.25, "test": 0.25}}}
+    p["datasets"] = {"faces": {"kind": "folder", "root": str(tmp / "faces")}}
+    p["splits"] = SHARES
     p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     p["mlflow"]["artifact_root"] = str(tmp / "artifacts")
     p["manifest"]["out_dir"] = str(tmp / "manifests")

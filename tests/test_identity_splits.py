@@ -132,3 +132,24 @@ def test_per_dataset_splits_is_an_error(two_folders):
     params["datasets"]["a"]["splits"] = {"train": 1.0}
     with pytest.raises(ValueError, match="top-level 'splits'"):
         manifest_stage(params, "a")
+
+
+def test_a_training_only_data_set_leaves_out_people_drawn_elsewhere(tmp_path: Path) -> None:
+    people = {f"Person_{i:02d}": 2 for i in range(30)}
+    root = _folder(tmp_path / "train_only", people)
+    params = {
+        "seed": 0, "splits": dict(SHARES),
+        "datasets": {"vgg": {"kind": "folder", "root": str(root), "use": ["train", "val"]}},
+        "manifest": {"out_dir": str(tmp_path / "manifests")},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   "artifact_root": str(tmp_path / "artifacts"), "experiment": "aikd-test"},
+    }
+    drawn = {n: person_split(n, SHARES, 0) for n in people}
+    man = manifest_stage(params, "vgg")
+    assert set(man["identity"]) == {n for n, s in drawn.items() if s != "test"}
+    assert set(man["split"]) <= {"train", "val"}  # left out, never moved to train
+    summary = pd.read_json(tmp_path / "manifests" / "vgg_summary.json", typ="series")
+    assert summary["persons_left_out"] == sum(s == "test" for s in drawn.values()) > 0
+    params["datasets"]["vgg"]["use"] = ["train", "holdout"]
+    with pytest.raises(ValueError, match="unknown splits"):
+        manifest_stage(params, "vgg")

@@ -56,6 +56,10 @@ class DatasetSpec:
     kind: str
     root: str
     subset: Subset | None = None
+    # Splits this data set contributes images to, e.g. [train, val] for a training-only
+    # set (VGGFace2): its people drawn into other splits are left out, never moved, so a
+    # person it shares with an evaluation set stays out of training. None: every split.
+    use: list[str] | None = None
 
 
 def dataset_entry(params: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -75,6 +75,15 @@ def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
         res = dataclasses.replace(res, manifest=subset_manifest(
             res.manifest, identities=int(spec.subset.identities),
             max_images=spec.subset.max_images, seed=seed))
+    left_out = 0
+    if spec.use is not None:  # a training-only data set: drop, never move, other people
+        unknown = sorted(set(spec.use) - set(shares.as_dict()))
+        if unknown:
+            raise ValueError(f"params datasets.{dataset}.use: unknown splits {unknown}; use "
+                             f"some of {', '.join(shares.as_dict())}")
+        keep = res.manifest["split"].isin(spec.use)
+        left_out = int(res.manifest.loc[~keep, "person"].nunique())
+        res = dataclasses.replace(res, manifest=res.manifest[keep].reset_index(drop=True))
     report = validate_manifest(res.manifest, dataset)
     # Nobody in two splits anywhere: this manifest against every other one written so far
     # (each manifest stage draws splits from the names alone; this catches a stale
@@ -96,6 +105,7 @@ def manifest_stage(params: Mapping[str, Any], dataset: str) -> pd.DataFrame:
         "images": len(res.manifest),
         "identities": int(res.manifest["identity"].nunique()),
         "persons": int(res.manifest["person"].nunique()),
+        "persons_left_out": left_out,  # drawn into a split outside datasets.<name>.use
         "rejected": len(res.rejected),
         **{f"split_{k}": int(v) for k, v in counts.items()},
     }

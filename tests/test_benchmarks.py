@@ -243,3 +243,15 @@ def test_hyphenated_benchmark_names_are_plain_keys() -> None:
     for n, s in smoke["evaluate"]["benchmarks"].items():
         benchmark_from(n, s)
     assert np.all([isinstance(n, str) for n in names])
+
+
+def test_csv_pairs_get_persons_and_a_warning_on_disagreement(tmp_path: Path) -> None:
+    csv = tmp_path / "mine.csv"
+    csv.write_text("path_a,path_b,mated\n"
+                   "images/Anna/Anna_0001.jpg,images/Anna/Anna_0002.jpg,1\n"
+                   "images/Anna/Anna_0001.jpg,images/Bob/Bob_0001.jpg,1\n")
+    params = params_for(tmp_path, {"mine": {"kind": "csv", "dataset": "faces",
+                                            "path": str(csv)}})
+    with pytest.warns(UserWarning, match="1 pairs are mated but of two people"):
+        pairs = pairs_stage(params, "mine")
+    assert pairs["person_b"].tolist() == ["Anna", "Bob"]

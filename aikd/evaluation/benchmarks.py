@@ -2,12 +2,16 @@
 
 Every benchmark is a DataFrame with the columns of ``BENCHMARK_COLUMNS``: ``benchmark``
 names it in the tables, ``dataset`` says which embeddings the paths belong to (paths are
-relative to that data set's root), ``mated`` is True for same-identity pairs and ``fold``
-keeps LFW's 10-fold split (0 where a benchmark has none).
+relative to that data set's root), ``mated`` is True for same-identity pairs, ``fold``
+keeps LFW's 10-fold split (0 where a benchmark has none) and ``person_a``/``person_b`` name
+the person of each image (the manifest's ``person``, else its ``identity``), so that the
+evaluation can resample people rather than pairs. Builders that see no manifest
+(``lfw_pairs``, ``user_pairs``) leave them empty; ``with_persons`` fills them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,13 +29,43 @@ __all__ = [
     "benchmark_pairs",
     "benchmark_specs",
     "benchmarks_of",
+    "cap_per_person",
+    "identity_pairs",
     "lfw_pairs",
     "pair_scores",
+    "person_of",
+    "restrict_to_split",
     "user_pairs",
+    "with_persons",
     "ytf_pairs",
 ]
 
-BENCHMARK_COLUMNS = ["benchmark", "dataset", "path_a", "path_b", "mated", "fold"]
+BENCHMARK_COLUMNS = ["benchmark", "dataset", "path_a", "path_b", "mated", "fold",
+                     "person_a", "person_b"]
+
+
+def person_of(manifest: pd.DataFrame) -> pd.Series:
+    """The person of each manifest row: ``person`` (a name normalised across data sets)
+    where the manifest has it, else ``identity`` (older manifests)."""
+    column = "person" if "person" in manifest.columns else "identity"
+    if column not in manifest.columns:
+        raise ValueError("the manifest has neither a 'person' nor an 'identity' column")
+    return manifest[column].astype(str)
+
+
+def with_persons(pairs: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` with ``person_a``/``person_b`` looked up in the manifest (by path)."""
+    person = pd.Series(person_of(manifest).to_numpy(), index=manifest["path"].astype(str))
+    person = person[~person.index.duplicated()]
+    out = pairs.copy()
+    out["person_a"] = out["path_a"].astype(str).map(person)
+    out["person_b"] = out["path_b"].astype(str).map(person)
+    missing = out["person_a"].isna() | out["person_b"].isna()
+    if missing.any():
+        bad = out[missing].iloc[0]
+        raise ValueError(f"{int(missing.sum())} pairs name images that are not in the manifest "
+                         f"(e.g. {bad['path_a']}, {bad['path_b']})")
+    return out
 
 
 def _with_names(pairs: pd.DataFrame, benchmark: str, dataset: str) -> pd.DataFrame:
@@ -40,15 +74,53 @@ def _with_names(pairs: pd.DataFrame, benchmark: str, dataset: str) -> pd.DataFra
     out["dataset"] = dataset
     out["mated"] = out["mated"].astype(bool)
     out["fold"] = out["fold"].astype(np.int64)
+    for col in ("person_a", "person_b"):
+        out[col] = out[col].astype(object) if col in out.columns else None
     return out[BENCHMARK_COLUMNS].reset_index(drop=True)
 
 
 def lfw_pairs(root: str | Path) -> pd.DataFrame:
     """LFW's official View 2 protocol (``<root>/pairs.txt``: 10 folds x 300 mated + 300 not).
 
-    The standard protocol is kept as is so numbers stay comparable with published ones.
+    The standard protocol is kept as is so numbers stay comparable with published ones;
+    ``restrict_to_split`` keeps the pairs of one split's people.
     """
     return _with_names(read_lfw_pairs(Path(root) / "pairs.txt"), "lfw", "lfw")
+
+
+def restrict_to_split(
+    pairs: pd.DataFrame, manifest: pd.DataFrame, split: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The pairs whose two images both belong to people of ``split`` (by the manifest), and
+    a summary of what was kept: pairs (all, mated, non-mated) and people, before and after.
+
+    An image the manifest does not list has no split and its pairs are dropped. With
+    person-disjoint splits this keeps exactly the pairs of the split's people.
+    """
+    person = pd.Series(person_of(manifest).to_numpy(), index=manifest["path"].astype(str))
+    in_split = pd.Series((manifest["split"] == split).to_numpy(),
+                         index=manifest["path"].astype(str))
+    person = person[~person.index.duplicated()]
+    in_split = in_split[~in_split.index.duplicated()]
+    pa = pairs["path_a"].astype(str)
+    pb = pairs["path_b"].astype(str)
+    keep = (pa.map(in_split).fillna(False).astype(bool)
+            & pb.map(in_split).fillna(False).astype(bool)).to_numpy()
+    kept = pairs[keep].reset_index(drop=True)
+    people_all = set(pa.map(person).dropna()) | set(pb.map(person).dropna())
+    people_kept = (set(kept["path_a"].astype(str).map(person))
+                   | set(kept["path_b"].astype(str).map(person)))
+    summary = {
+        "n_pairs_protocol": len(pairs),
+        "n_pairs": len(kept),
+        "n_mated_protocol": int(pairs["mated"].sum()),
+        "n_mated": int(kept["mated"].sum()),
+        "n_nonmated_protocol": int((~pairs["mated"].astype(bool)).sum()),
+        "n_nonmated": int((~kept["mated"].astype(bool)).sum()),
+        "n_people_protocol": len(people_all),
+        "n_people": len(people_kept),
+    }
+    return kept, summary
 
 
 def user_pairs(csv: str | Path, dataset: str, *, benchmark: str | None = None) -> pd.DataFrame:
@@ -117,58 +189,117 @@ def _nonmated_pairs(
     return keys_arr // n_frames, keys_arr % n_frames
 
 
-def ytf_pairs(
+def _seeded_key(seed: int, path: str) -> int:
+    digest = hashlib.blake2b(f"{seed}\0{path}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def cap_per_person(frames: pd.DataFrame, person: pd.Series, cap: int | None,
+                   seed: int) -> pd.DataFrame:
+    """At most ``cap`` rows per person: a seeded choice that depends on each image's path
+    and the seed only (a hash), so neither the row order nor the other people change it."""
+    if cap is None:
+        return frames
+    if int(cap) < 1:
+        raise ValueError(f"max_images_per_identity must be >= 1, got {cap}")
+    key = np.array([_seeded_key(seed, p) for p in frames["path"].astype(str)], dtype=np.uint64)
+    order = pd.DataFrame({"person": person.to_numpy(), "key": key,
+                          "path": frames["path"].astype(str).to_numpy()})
+    order = order.sort_values(["person", "key", "path"], kind="stable")
+    rank = order.groupby("person", sort=False).cumcount()
+    keep = np.zeros(len(frames), bool)
+    keep[order.index[rank.to_numpy() < int(cap)]] = True
+    return frames[keep]
+
+
+def identity_pairs(
     manifest: pd.DataFrame | str | Path,
     *,
     split: str = "test",
+    by_video: bool = False,
+    max_images_per_identity: int | None = None,
     max_mated: int | None = None,
+    n_nonmated: int | None = None,
     seed: int = 0,
+    benchmark: str = "identities",
 ) -> pd.DataFrame:
-    """Verification pairs among the YTF frames of one split of the manifest.
+    """Verification pairs among the images of one split's people.
 
-    Mated: every pair of frames of one person taken from DIFFERENT videos (or a seeded
-    sample of ``max_mated`` of them). Non-mated: as many distinct pairs of frames of
-    different people in the same split, drawn with the seed. Frames are ordered by path
-    first, so the result depends only on the manifest's content and the seed, not on its
-    row order. ``fold`` is 0 (YTF frames have no official pair folds).
+    People are the manifest's ``person`` (else ``identity``). Each person keeps at most
+    ``max_images_per_identity`` images (``cap_per_person``). Mated: every pair of one
+    person's kept images (with ``by_video``, only pairs from DIFFERENT videos: frames of
+    one video are near-duplicates), or a seeded sample of ``max_mated`` of them.
+    Non-mated: ``n_nonmated`` distinct pairs of kept images of different people (None: as
+    many as the mated pairs), drawn uniformly with the seed. Images are ordered by (person,
+    path) first, so the result depends only on the manifest's content and the seed, not on
+    its row order. ``fold`` is 0.
     """
     df = pd.read_parquet(manifest) if isinstance(manifest, str | Path) else manifest
-    missing = {"path", "identity", "split", "video"} - set(df.columns)
+    needed = {"path", "split"} | ({"video"} if by_video else set())
+    missing = needed - set(df.columns)
     if missing:
-        raise ValueError(f"YTF manifest lacks columns {sorted(missing)}")
-    if max_mated is not None and int(max_mated) < 0:
-        raise ValueError(f"max_mated must be >= 0, got {max_mated}")
+        raise ValueError(f"manifest lacks columns {sorted(missing)}")
+    for key, value in (("max_mated", max_mated), ("n_nonmated", n_nonmated)):
+        if value is not None and int(value) < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
     frames = df[df["split"] == split]
     if frames.empty:
-        raise ValueError(f"no frames in split {split!r}")
+        raise ValueError(f"no images in split {split!r}")
     if frames["path"].duplicated().any():
         raise ValueError("the manifest lists a path twice; pairs would be ambiguous")
-    dataset = "ytf"
+    dataset = "ytf" if by_video else benchmark
     if "dataset" in frames.columns and frames["dataset"].nunique() == 1:
         dataset = str(frames["dataset"].iloc[0])
-    frames = frames.sort_values(["identity", "path"], kind="stable").reset_index(drop=True)
+    frames = cap_per_person(frames, person_of(frames), max_images_per_identity, seed)
+    frames = frames.assign(_person=person_of(frames))
+    frames = frames.sort_values(["_person", "path"], kind="stable").reset_index(drop=True)
     paths = frames["path"].to_numpy(dtype=object)
-    identity = frames["identity"].to_numpy(dtype=object)
-    codes = pd.factorize(frames["identity"], sort=True)[0].astype(np.int64)
-    video = frames["video"].to_numpy()
+    person = frames["_person"].to_numpy(dtype=object)
+    codes = pd.factorize(frames["_person"], sort=True)[0].astype(np.int64)
+    video = frames["video"].to_numpy() if by_video else np.arange(len(frames))
 
     mi, mj = _mated_pairs(codes, video)
     if max_mated is not None and int(max_mated) < mi.shape[0]:
         rng_m = np.random.default_rng([seed, 0])
         pick = np.sort(rng_m.choice(mi.shape[0], size=int(max_mated), replace=False))
         mi, mj = mi[pick], mj[pick]
-    ni, nj = _nonmated_pairs(codes, mi.shape[0], np.random.default_rng([seed, 1]))
-    assert not (identity[ni] == identity[nj]).any()
+    n_non = mi.shape[0] if n_nonmated is None else int(n_nonmated)
+    ni, nj = _nonmated_pairs(codes, n_non, np.random.default_rng([seed, 1]))
+    assert not (person[ni] == person[nj]).any()
 
+    ia, ib = np.concatenate([mi, ni]), np.concatenate([mj, nj])
     out = pd.DataFrame(
         {
-            "path_a": np.concatenate([paths[mi], paths[ni]]),
-            "path_b": np.concatenate([paths[mj], paths[nj]]),
+            "path_a": paths[ia],
+            "path_b": paths[ib],
             "mated": np.r_[np.ones(mi.shape[0], bool), np.zeros(ni.shape[0], bool)],
             "fold": 0,
+            "person_a": person[ia],
+            "person_b": person[ib],
         }
     )
-    return _with_names(out, "ytf", dataset)
+    return _with_names(out, benchmark, dataset)
+
+
+def ytf_pairs(
+    manifest: pd.DataFrame | str | Path,
+    *,
+    split: str = "test",
+    max_mated: int | None = None,
+    max_images_per_identity: int | None = None,
+    n_nonmated: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Verification pairs among the YTF frames of one split: ``identity_pairs`` with mated
+    pairs only across DIFFERENT videos (the YTF protocol: pose, lighting and resolution
+    change between videos, while frames of one video are near-duplicates)."""
+    df = pd.read_parquet(manifest) if isinstance(manifest, str | Path) else manifest
+    missing = {"path", "identity", "split", "video"} - set(df.columns)
+    if missing:
+        raise ValueError(f"YTF manifest lacks columns {sorted(missing)}")
+    return identity_pairs(df, split=split, by_video=True, max_mated=max_mated,
+                          max_images_per_identity=max_images_per_identity,
+                          n_nonmated=n_nonmated, seed=seed, benchmark="ytf")
 
 
 class PairScores(NamedTuple):

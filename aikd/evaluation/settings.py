@@ -26,8 +26,16 @@ class Benchmark:
 
     kind: str  # lfw (View 2 pairs), ytf, identities (within-identity pairs of a split), csv
     dataset: str  # the data set whose images (and embeddings) the pairs compare
-    split: str | None = None  # only images of this split; needed by ytf and identities
+    #: ytf, identities: only images of this split (required); lfw: only the View 2 pairs
+    #: whose two people are in this split (None keeps all 6,000); csv: checked, not filtered
+    split: str | None = None
     max_mated: int | None = None  # ytf, identities: cap on the mated pairs
+    #: ytf, identities: at most this many images per person (a seeded choice), so a person
+    #: with hundreds of images cannot dominate the mated pairs; None: every image
+    max_images_per_identity: int | None = None
+    #: ytf, identities: non-mated pairs drawn among the (capped) images of different
+    #: people; None: as many as the mated pairs
+    n_nonmated: int | None = None
     path: str | None = None  # csv: the pairs file
 
     def check(self, where: str) -> Benchmark:
@@ -39,6 +47,19 @@ class Benchmark:
             raise UsageError(f"params {where}: kind {self.kind} needs a split (e.g. split: test)")
         if self.kind == "csv" and not self.path:
             raise UsageError(f"params {where}: kind csv needs the path of the pairs file")
+        if self.kind not in ("ytf", "identities"):
+            for key in ("max_mated", "max_images_per_identity", "n_nonmated"):
+                if getattr(self, key) is not None:
+                    raise UsageError(f"params {where}.{key}: only kinds ytf and identities "
+                                     f"take it, not {self.kind}")
+        for key in ("max_mated", "max_images_per_identity", "n_nonmated"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < (1 if key == "max_images_per_identity"
+                                                  else 0)):
+                raise UsageError(f"params {where}.{key}={value!r}; use a whole number "
+                                 f"({'>= 1' if key == 'max_images_per_identity' else '>= 0'}) "
+                                 "or null")
         return self
 
 

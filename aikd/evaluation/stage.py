@@ -38,8 +38,20 @@ from aikd.paths import pairs_path
 
 
 def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
-    """Write the benchmark's pairs: ``kind`` lfw (View 2), ytf, identities or csv."""
-    from aikd.evaluation.benchmarks import lfw_pairs, user_pairs, ytf_pairs
+    """Write the benchmark's pairs (``data/pairs/<benchmark>.parquet``, with the person of
+    each image) and a summary beside it (``<benchmark>_summary.json``, a DVC metric: pairs
+    and people, and for View 2 restricted to a split how many of its pairs and people were
+    kept). ``kind`` lfw (View 2), ytf, identities or csv."""
+    import json
+
+    from aikd.evaluation.benchmarks import (
+        identity_pairs,
+        lfw_pairs,
+        restrict_to_split,
+        user_pairs,
+        with_persons,
+        ytf_pairs,
+    )
     from aikd.paths import manifest_path
 
     benches = benchmark_specs(params)
@@ -49,21 +61,28 @@ def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
     spec = benches[benchmark]
     dataset = spec.dataset
     seed = int(params["seed"])
+    manifest = pd.read_parquet(manifest_path(params, dataset))
+    summary: dict[str, Any] = {}
     if spec.kind == "lfw":
         root = section(params, "datasets")[dataset]["root"]
         pairs = lfw_pairs(root)
-    elif spec.kind == "ytf":
-        pairs = ytf_pairs(manifest_path(params, dataset), split=spec.split,
-                          max_mated=spec.max_mated, seed=seed)
-    elif spec.kind == "identities":  # every within-identity pair of a split (any data set)
-        man = pd.read_parquet(manifest_path(params, dataset))
-        man = man.assign(video=np.arange(len(man)))  # each image its own "video"
-        pairs = ytf_pairs(man, split=spec.split, max_mated=spec.max_mated, seed=seed)
-        pairs["benchmark"] = benchmark
-        pairs["dataset"] = dataset
+        if spec.split:  # View 2 pairs whose two people are in the split
+            pairs, summary = restrict_to_split(pairs, manifest, spec.split)
+            print(f"pairs {benchmark}: kept {summary['n_pairs']} of View 2's "
+                  f"{summary['n_pairs_protocol']} pairs ({summary['n_mated']} mated, "
+                  f"{summary['n_nonmated']} non-mated) and {summary['n_people']} of its "
+                  f"{summary['n_people_protocol']} people (both people in split "
+                  f"{spec.split!r})")
+    elif spec.kind in ("ytf", "identities"):
+        # ytf: mated pairs across videos; identities: each image its own "video"
+        build = ytf_pairs if spec.kind == "ytf" else identity_pairs
+        pairs = build(manifest, split=spec.split, max_mated=spec.max_mated,
+                      max_images_per_identity=spec.max_images_per_identity,
+                      n_nonmated=spec.n_nonmated, seed=seed)
     else:  # csv (Benchmark.check allows no other kind)
         pairs = user_pairs(spec.path, dataset, benchmark=benchmark)
-    manifest = pd.read_parquet(manifest_path(params, dataset))
+    pairs["benchmark"] = benchmark
+    pairs["dataset"] = dataset
     unknown = ~(pairs["path_a"].isin(manifest["path"]) & pairs["path_b"].isin(manifest["path"]))
     if unknown.any():
         bad = pairs[unknown].iloc[0]
@@ -77,11 +96,27 @@ def pairs_stage(params: Mapping[str, Any], benchmark: str) -> pd.DataFrame:
         if leaked.any():
             raise ValueError(f"benchmark {benchmark}: {int(leaked.sum())} pairs use images "
                              f"outside split {spec.split!r}")
+    pairs = with_persons(pairs, manifest)
+    mated = pairs["mated"].to_numpy(dtype=bool)
+    disagree = (pairs["person_a"] == pairs["person_b"]).to_numpy() != mated
+    if disagree.any():
+        msg = (f"benchmark {benchmark}: {int(disagree.sum())} pairs are mated but of two "
+               "people, or non-mated but of one person, by the manifest's person")
+        if spec.kind != "csv":  # a user's own labels may be coarser than the manifest's
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=2)
     out = pairs_path(params, benchmark)
     out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_parquet(out, index=False)
-    print(f"pairs {benchmark}: {int(pairs['mated'].sum())} mated, "
-          f"{int((~pairs['mated']).sum())} non-mated")
+    people = set(pairs["person_a"]) | set(pairs["person_b"])
+    summary = {"benchmark": benchmark, "kind": spec.kind, "dataset": dataset,
+               "split": spec.split, **summary, "n_pairs": len(pairs),
+               "n_mated": int(mated.sum()), "n_nonmated": int((~mated).sum()),
+               "n_people": len(people),
+               "n_images": len(set(pairs["path_a"]) | set(pairs["path_b"]))}
+    out.with_name(f"{benchmark}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"pairs {benchmark}: {summary['n_mated']} mated, {summary['n_nonmated']} non-mated, "
+          f"{summary['n_people']} people, {summary['n_images']} images")
     return pairs
 
 

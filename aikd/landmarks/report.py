@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,121 @@ def plot_nme(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+# ------------------------------------------------------- disagreement with training alignment
+
+#: Simulated images behind the jitter-to-NME factor (its sampling error is ~0.1 %).
+JITTER_SAMPLES = 200_000
+
+
+def jitter_nme_factor(n_samples: int = JITTER_SAMPLES, seed: int = 0) -> float:
+    """Median 5-point NME of landmarks jittered by U[-1, 1] per coordinate, in units of the
+    inter-ocular distance (``LandmarkJitter(units="iod")``): NME scales linearly with the
+    range p, so jitter U[-p, p] gives a median NME of p times this factor (~0.76; the mean
+    displacement of ONE point is 0.7652 p, the median of a 5-point mean is close to it)."""
+    rng = np.random.default_rng(seed)
+    offsets = rng.uniform(-1.0, 1.0, size=(int(n_samples), 5, 2))
+    return float(np.median(np.linalg.norm(offsets, axis=-1).mean(axis=-1)))
+
+
+def training_disagreement(
+    tables: Mapping[str, pd.DataFrame],
+    training: pd.DataFrame,
+    images: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Per detector: NME to the TRAINING alignment (its inter-ocular distance), pooled over
+    data sets, on ``images`` only (a frame of ``dataset``/``path``, e.g. the validation
+    split; None: all). Columns detector, n_images, n_compared (found faces), nme_median,
+    nme_p90."""
+    rows = []
+    for name, table in tables.items():
+        t = table if "dataset" in table.columns else table.assign(dataset="all")
+        paired = paired_errors(t, training)
+        if images is not None:
+            keys = images[["dataset", "path"]].drop_duplicates()
+            paired = paired.merge(keys, on=["dataset", "path"], how="inner")
+        values = paired.loc[paired["found"], "nme"].to_numpy()
+        rows.append({
+            "detector": name,
+            "n_images": len(paired),
+            "n_compared": len(values),
+            "nme_median": float(np.median(values)) if len(values) else np.nan,
+            "nme_p90": float(np.percentile(values, 90)) if len(values) else np.nan,
+        })
+    return pd.DataFrame(rows, columns=["detector", "n_images", "n_compared", "nme_median",
+                                       "nme_p90"])
+
+
+def suggest_jitter_p(disagreement: pd.DataFrame, *, factor: float | None = None) -> dict:
+    """The jitter range p (inter-ocular units) whose uniform jitter U[-p, p] per coordinate
+    gives the same median NME as the detectors' typical disagreement with the training
+    alignment: the median over detectors of their median NME, divided by
+    ``jitter_nme_factor()``."""
+    values = disagreement["nme_median"].dropna().to_numpy(dtype=np.float64)
+    if not len(values):
+        raise ValueError("no detector has an NME to the training alignment")
+    factor = jitter_nme_factor() if factor is None else float(factor)
+    target = float(np.median(values))
+    return {"jitter_p_suggested": target / factor, "target_median_nme": target,
+            "jitter_nme_factor": factor}
+
+
+def add_training_disagreement(params: Mapping[str, Any]) -> dict:
+    """Part of the ``landmark_report`` stage: each detector's median NME to the training
+    alignment (``landmarks.training_detector``) on validation images, and the suggested
+    ``distill.max_shift`` (``jitter_units: iod``), added to ``metrics.json`` (key
+    ``jitter_p_suggested``) and ``agreement.md`` of the report written just before."""
+    import json
+
+    from aikd.config import section
+    from aikd.paths import landmarks_path, manifest_path
+
+    lm = section(params, "landmarks")
+    training_name = str(lm["training_detector"])
+    out_dir = Path(section(params, "landmark_report")["out_dir"])
+    images, tables, training = [], {}, []
+    for dataset in section(params, "datasets"):
+        man = pd.read_parquet(manifest_path(params, dataset))
+        images.append(man.loc[man["split"] == "val", ["path"]].assign(dataset=dataset))
+        for det in lm["detectors"]:
+            path = landmarks_path(params, dataset, det)
+            if path.is_file():
+                t = pd.read_parquet(path)
+                t = t if "dataset" in t.columns else t.assign(dataset=dataset)
+                (training.append(t) if det == training_name
+                 else tables.setdefault(det, []).append(t))
+    if not training:
+        raise ValueError(f"no landmarks of the training detector {training_name!r}")
+    val = pd.concat(images, ignore_index=True)
+    table = training_disagreement({d: pd.concat(t, ignore_index=True)
+                                   for d, t in tables.items()},
+                                  pd.concat(training, ignore_index=True), val)
+    suggestion = suggest_jitter_p(table)
+    metrics_file = out_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    for r in table.itertuples():
+        metrics[f"val_to_{training_name}/{r.detector}"] = {
+            "nme_median": round(float(r.nme_median), 4), "n_compared": int(r.n_compared)}
+    metrics["jitter_p_suggested"] = round(suggestion["jitter_p_suggested"], 4)
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    p = suggestion["jitter_p_suggested"]
+    section_md = (
+        f"\n## Disagreement with the training alignment ({training_name}), validation images\n\n"
+        f"NME to the {training_name} points / {training_name} inter-ocular distance, pooled "
+        "over data sets, on the validation split's images only.\n\n"
+        + table.to_markdown(index=False, floatfmt=".4f")
+        + f"\n\nSuggested `distill.max_shift` (`jitter_units: iod`): **p = {p:.3f}**. Why: "
+        f"uniform jitter U[-p, p] per coordinate of the 5 points gives a median NME of "
+        f"{suggestion['jitter_nme_factor']:.4f} p (seeded simulation of "
+        f"{JITTER_SAMPLES:,} jittered faces), and p = {p:.3f} makes that equal to "
+        f"{suggestion['target_median_nme']:.4f}, the median over detectors of their median "
+        "NME to the training alignment, so training misaligns faces about as much as a "
+        "typical other detector does.\n"
+    )
+    agreement = out_dir / "agreement.md"
+    agreement.write_text((agreement.read_text() if agreement.is_file() else "") + section_md)
+    print(table.to_string(index=False))
+    print(f"jitter_p_suggested = {p:.4f} (target median NME {suggestion['target_median_nme']:.4f}"
+          f", factor {suggestion['jitter_nme_factor']:.4f})")
+    return {"table": table, **suggestion}

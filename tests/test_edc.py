@@ -486,11 +486,16 @@ def test_person_bootstrap_is_wider_than_pair_bootstrap_when_people_cluster():
     sim = np.where(mated, 0.5 + effect[person] + rng.normal(0, 0.1, person.size),
                    rng.normal(0.1, 0.1, person.size))
     q = rng.random(person.size)
+    from aikd.evaluation.cells import bootstrap_weights
+
     pair = pauc_bootstrap(sim, mated, q, q, n_boot=100, fmr=0.05)
-    people = pauc_bootstrap(sim, mated, q, q, n_boot=100, fmr=0.05, person_a=person,
-                            person_b=person_b)
+    weights = bootstrap_weights(person.size, n_boot=100, seed=0, person_a=person,
+                                person_b=person_b)
+    people = pauc_bootstrap(sim, mated, q, q, weights=weights, fmr=0.05)
     assert people["pauc"] == pair["pauc"]
     assert people["low"] <= people["pauc"] <= people["high"]
+    # people share a similarity shift, so resampling them spreads wider than pairs
+    assert people["std"] > pair["std"]
 
 
 def test_random_quality_is_drawn_per_image():

@@ -26,15 +26,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
-from aikd.evaluation.stats import person_codes, resample_weights
-
 __all__ = [
     "DEFAULT_DISCARD_RATES",
     "UndefinedPAUCWarning",
-    "bootstrap_weights",
     "edc_curve",
     "interval",
     "pauc",
+    "pair_weights",
     "pauc_bootstrap",
     "pauc_resamples",
     "random_quality_pauc",
@@ -404,24 +402,12 @@ def pauc(
     return value
 
 
-def _person_codes(person_a: Any, person_b: Any, n: int
-                  ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-    """Person codes of the pairs, or (None, None, 0) for the pair bootstrap."""
-    if person_a is None and person_b is None:
-        return None, None, 0
-    if person_a is None or person_b is None:
-        raise ValueError("give both person_a and person_b, or neither")
-    ca, cb, n_people = person_codes(person_a, person_b)
-    if ca.shape[0] != n:
-        raise ValueError(f"person_a/person_b have {ca.shape[0]} entries for {n} pairs")
-    return ca, cb, n_people
-
-
-def bootstrap_weights(n_pairs: int, *, n_boot: int, seed: int, person_a: Any = None,
-                      person_b: Any = None) -> Iterator[np.ndarray]:
-    """The per-pair multiplicities of ``n_boot`` resamples (see ``pauc_resamples``)."""
-    ca, cb, n_people = _person_codes(person_a, person_b, int(n_pairs))
-    return resample_weights(int(n_pairs), ca, cb, n_people, int(n_boot), int(seed))
+def pair_weights(n_pairs: int, *, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Per-pair multiplicities of ``n_boot`` pair-bootstrap resamples (n pairs drawn with
+    replacement). The person-level bootstrap is ``aikd.evaluation.stats.resample_weights``."""
+    rng = np.random.default_rng(seed)
+    for _ in range(int(n_boot)):
+        yield np.bincount(rng.integers(0, n_pairs, size=n_pairs), minlength=n_pairs)
 
 
 def pauc_resamples(
@@ -477,21 +463,19 @@ def pauc_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
-    person_a: Any = None,
-    person_b: Any = None,
+    weights: Iterable[np.ndarray] | None = None,
     **pauc_kwargs: Any,
 ) -> dict[str, float]:
     """pAUC with a percentile bootstrap interval.
 
-    With ``person_a``/``person_b`` (the person of each pair's two images) the bootstrap
-    resamples *people* with replacement: a mated pair of person p enters a resample as
-    often as p was drawn, a non-mated pair of people p, q as often as draws[p] * draws[q]
-    (both its people must be drawn; see ``aikd.evaluation.stats``). Pairs of one person
-    share images and are not independent, so this is the honest interval. Without them the
-    pairs themselves are resampled with replacement (narrower, kept for data without
-    identities). ``pauc`` is the estimate on the original pairs; ``low``/``high``/``std``
-    come from the resamples. Resamples where pAUC is undefined (no mated or non-mated pair
-    drawn, FNMR(0) = 0) are dropped with one warning.
+    By default the pairs are resampled with replacement. ``weights`` replaces that by
+    any resampling given as per-pair multiplicities, e.g. the person-level bootstrap of
+    ``aikd.evaluation.stats.resample_weights`` (people drawn with replacement; a mated pair
+    counts draws[p] times, a non-mated pair draws[p] * draws[q] times), which the evaluate
+    stage uses: pairs of one person share images and are not independent. ``pauc`` is the
+    estimate on the original pairs; ``low``/``high``/``std`` come from the resamples
+    (``n_boot`` is ignored when ``weights`` is given). Resamples where pAUC is undefined
+    (no mated or non-mated pair drawn, FNMR(0) = 0) are dropped with one warning.
     """
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -504,8 +488,8 @@ def pauc_bootstrap(
     if reason:
         warnings.warn(f"pAUC is NaN: {reason}", UndefinedPAUCWarning, stacklevel=2)
 
-    weights = bootstrap_weights(sim.shape[0], n_boot=n_boot, seed=seed, person_a=person_a,
-                                person_b=person_b)
+    if weights is None:
+        weights = pair_weights(sim.shape[0], n_boot=n_boot, seed=seed)
     values = pauc_resamples(sim, m, q, q, weights, **pauc_kwargs)
     n_undefined = int(np.isnan(values).sum())
     if n_undefined:
@@ -548,9 +532,11 @@ def random_quality_paucs(
     elif image_a is None or image_b is None:
         raise ValueError("give both image_a and image_b, or neither")
     else:
-        code_a, code_b, n_images = person_codes(image_a, image_b)
-        if code_a.shape[0] != n:
-            raise ValueError(f"image_a/image_b have {code_a.shape[0]} entries for {n} pairs")
+        keys = np.concatenate([np.asarray(image_a), np.asarray(image_b)]).astype(str)
+        _, codes = np.unique(keys, return_inverse=True)
+        code_a, code_b, n_images = codes[:n], codes[n:], int(codes.max()) + 1
+        if keys.shape[0] != 2 * n:
+            raise ValueError(f"image_a/image_b have {keys.shape[0] // 2} entries for {n} pairs")
 
     rng = np.random.default_rng(seed)
     values = np.empty(int(n_seeds))

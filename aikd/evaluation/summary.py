@@ -191,10 +191,12 @@ def summary_text(
     ]
     boot = set(results.get("bootstrap", pd.Series(dtype=str)).dropna()) - {"none", "seeds"}
     if boot:
-        out.append("\nIntervals: percentile bootstrap over "
-                   + (" and ".join(sorted(boot))) + "s (person: people drawn with "
-                   "replacement; a mated pair counts as often as its person was drawn, a "
-                   "non-mated pair as the product of its two people's draws).\n")
+        kinds = {"person": "people (drawn with replacement; a mated pair counts as often as "
+                           "its person was drawn, a non-mated pair as the product of its two "
+                           "people's draws)",
+                 "pair": "pairs (the pairs name no people: narrower than it should be)"}
+        out.append("\nIntervals (primary setting only): percentile bootstrap over "
+                   + " and over ".join(kinds.get(k, k) for k in sorted(boot)) + ".\n")
     if missing:
         out.append(f"\nNo results for: {', '.join(missing)}.\n")
     out += ["\n## Which differences exceed the noise\n\n"]

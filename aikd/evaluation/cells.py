@@ -23,8 +23,9 @@ from aikd.evaluation.edc import (
     interval,
     pair_weights,
     pauc,
+    pauc_points,
     pauc_resamples,
-    random_quality_paucs,
+    random_quality_modes,
 )
 from aikd.evaluation.stats import bootstrap_p_value, person_codes, resample_weights
 
@@ -79,7 +80,20 @@ def _mated(pairs: pd.DataFrame, similarity: Any) -> tuple[np.ndarray, np.ndarray
 
 
 def _fnmr0(sim: np.ndarray, mated: np.ndarray, fmr: float) -> float:
-    """FNMR with nothing discarded; quality is irrelevant there, so a constant one is used."""
+    """FNMR with nothing discarded, by ``edc``'s threshold rule (the (m+1)-th largest
+    non-mated similarity, m = floor(fmr * n + 1e-9); a match is similarity > threshold),
+    found by a partial sort: quality plays no part at zero discard."""
+    nm = sim[~mated]
+    mt = sim[mated]
+    if nm.size == 0 or mt.size == 0:  # edc_curve raises the same error
+        return _fnmr0_sorted(sim, mated, fmr)
+    m = math.floor(fmr * nm.size + 1e-9)
+    tau = -math.inf if m >= nm.size else float(-np.partition(-nm, m)[m])
+    return float(np.count_nonzero(mt <= tau) / mt.size)
+
+
+def _fnmr0_sorted(sim: np.ndarray, mated: np.ndarray, fmr: float) -> float:
+    """``_fnmr0`` the straightforward way, through ``edc_curve`` (the reference in tests)."""
     flat = np.zeros(sim.shape[0])
     return float(edc_curve(sim, mated, flat, flat, fmr=fmr, discard_rates=[0.0])["fnmr"].iloc[0])
 
@@ -121,6 +135,7 @@ def evaluate_cell(
     keys: Mapping[str, Any] | None = None,
     interval_modes: Sequence[Mode] | None = None,
     resamples: dict[Mode, np.ndarray] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """pAUC with a bootstrap interval for every FMR x threshold mode of one quality method.
 
@@ -132,7 +147,9 @@ def evaluate_cell(
     resamples for all of them, so their intervals (and differences) are paired.
     ``interval_modes`` limits the intervals to those (fmr, threshold) modes (None: all);
     the others get the point estimate only. ``resamples``, if given, receives the pAUC of
-    every resample per interval mode (for paired differences). ``n_boot=0`` skips the
+    every resample per interval mode (for paired differences). ``weights`` (the per-pair
+    multiplicities of the resamples, ``bootstrap_weights`` made once per cell) saves drawing
+    them again for every method; it replaces ``n_boot``/``seed``. ``n_boot=0`` skips the
     bootstrap everywhere.
     """
     sim, mated = _mated(pairs, similarity)
@@ -140,17 +157,22 @@ def evaluate_cell(
     kind = bootstrap_kind(pairs)
     qa = np.asarray(quality_a, dtype=np.float64)
     qb = np.asarray(quality_b, dtype=np.float64)
+    points = pauc_points(sim, mated, qa, qb, [(f, t) for f in fmrs for t in thresholds])
     rows = []
     for fmr in fmrs:
         fnmr0 = _fnmr0(sim, mated, fmr)
         for mode in thresholds:
-            point = pauc(sim, mated, qa, qb, fmr=fmr, threshold=mode)
+            point = points[(float(fmr), mode)]
+            if math.isnan(point):
+                warnings.warn(f"pAUC is NaN at FMR {fmr:g}, {mode} threshold (FNMR(0) = 0 or "
+                              "no mated pair left)", UndefinedPAUCWarning, stacklevel=2)
             spread = {"low": math.nan, "high": math.nan, "std": math.nan}
             boot = "none"
             if n_boot > 0 and _is_interval_mode((float(fmr), mode), interval_modes):
-                weights = bootstrap_weights(sim.shape[0], n_boot=n_boot, seed=seed,
-                                            person_a=person_a, person_b=person_b)
-                values = pauc_resamples(sim, mated, qa, qb, weights, fmr=fmr, threshold=mode)
+                draws = weights if weights is not None else bootstrap_weights(
+                    sim.shape[0], n_boot=n_boot, seed=seed, person_a=person_a,
+                    person_b=person_b)
+                values = pauc_resamples(sim, mated, qa, qb, draws, fmr=fmr, threshold=mode)
                 n_undefined = int(np.isnan(values).sum())
                 if n_undefined:
                     warnings.warn(f"{n_undefined} of {values.size} bootstrap resamples had an "
@@ -230,6 +252,8 @@ def context_rows(
     images = ({"image_a": pairs["path_a"].to_numpy(), "image_b": pairs["path_b"].to_numpy()}
               if {"path_a", "path_b"} <= set(pairs.columns) else {})
     alpha = (1.0 - ci) / 2.0
+    randoms = random_quality_modes(sim, mated, [(float(f), t) for f in fmrs for t in thresholds],
+                                   n_seeds=n_seeds, seed=seed, **images)
     rows = []
     for fmr in fmrs:
         fnmr0 = _fnmr0(sim, mated, fmr)
@@ -239,8 +263,7 @@ def context_rows(
                     "fmr": float(fmr), "threshold": mode, **_fail_row(fnmr0, int(mated.sum()))}
             rows.append({**base, "method": "none", "pauc": none_pauc, "pauc_low": none_pauc,
                          "pauc_high": none_pauc, "pauc_std": 0.0, "bootstrap": "none"})
-            values = random_quality_paucs(sim, mated, n_seeds=n_seeds, seed=seed, fmr=fmr,
-                                          threshold=mode, **images)
+            values = randoms[(float(fmr), mode)]
             valid = values[~np.isnan(values)]
             if valid.size:
                 mean = float(valid.mean())

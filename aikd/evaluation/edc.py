@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -34,8 +34,10 @@ __all__ = [
     "pauc",
     "pair_weights",
     "pauc_bootstrap",
+    "pauc_points",
     "pauc_resamples",
     "random_quality_pauc",
+    "random_quality_modes",
     "random_quality_paucs",
 ]
 
@@ -159,6 +161,7 @@ class _Sorted(NamedTuple):
     desc_pos: np.ndarray  # quality positions among the non-mated copies, descending similarity
     desc_val: np.ndarray  # the non-mated similarities in that descending order
     mt_sorted: np.ndarray  # mated similarities ascending
+    n_nm: int  # non-mated copies; desc_pos/desc_val may hold only the prefix the EDC reads
 
 
 def _sorted_arrays(sim: np.ndarray, mated: np.ndarray, pair_quality: np.ndarray) -> _Sorted:
@@ -171,7 +174,7 @@ def _sorted_arrays(sim: np.ndarray, mated: np.ndarray, pair_quality: np.ndarray)
     desc_pos = np.argsort(nm_q, kind="stable")[::-1]
     is_nm = ~mated_q
     return _Sorted(np.arange(1, order.shape[0] + 1), np.cumsum(is_nm, dtype=np.int64), is_nm,
-                   mt_q, desc_pos, nm_q[desc_pos], np.sort(mt_q))
+                   mt_q, desc_pos, nm_q[desc_pos], np.sort(mt_q), int(nm_q.shape[0]))
 
 
 def _edc_arrays(
@@ -200,9 +203,8 @@ def _edc_core(
     the discard boundary. Nothing is re-sorted per rate. (Ties among equal non-mated
     similarities may be in any order in ``desc_pos``: only their value is used.)
     """
-    cum_w, cum_nm, is_nm_q, mt_q, desc_pos, desc_val, mt_sorted = s
+    cum_w, cum_nm, is_nm_q, mt_q, desc_pos, desc_val, mt_sorted, n_nm_total = s
     n_pairs = int(cum_w[-1])
-    n_nm_total = desc_pos.shape[0]
     n_mt_total = mt_q.shape[0]
 
     ks = np.minimum(np.floor(rates * n_pairs + _EPS).astype(np.int64), n_pairs)
@@ -218,7 +220,8 @@ def _edc_core(
     n_mt = n_mt_total - j_mt
 
     if mode == "fixed":
-        tau0 = _threshold(desc_val, fmr)
+        m0 = math.floor(fmr * n_nm_total + _EPS)
+        tau0 = float(desc_val[m0]) if m0 < n_nm_total else -math.inf
         taus = np.full(rates.shape[0], tau0)
         fail_before = np.concatenate(([0], np.cumsum(mt_q <= tau0, dtype=np.int64)))
         fails = fail_before[-1] - fail_before[j_mt]
@@ -271,30 +274,49 @@ class _Expander:
         self.mt_q = sim_q[mated_q]
         self.desc0 = np.argsort(nm_q, kind="stable")[::-1]  # into nm_q
         self.desc_val0 = nm_q[self.desc0]
+        self.desc_idx = self.nm_idx[self.desc0]  # original index, descending similarity
         self.mt_asc0 = np.argsort(self.mt_q, kind="stable")  # into mt_q
         self.mt_asc_val0 = self.mt_q[self.mt_asc0]
 
-    def sorted_arrays(self, weights: np.ndarray) -> _Sorted:
+    def sorted_arrays(self, weights: np.ndarray, rates: np.ndarray | None = None,
+                      fmr: float = 1.0, mode: str = "recomputed") -> _Sorted:
+        """The sorted arrays of the resample; with ``rates``/``fmr``/``mode`` only the prefix
+        of the descending non-mated order that the EDC reads is expanded: the (m+1)-th
+        largest kept similarity lies among the first m+1+j (recomputed) or is the (m0+1)-th
+        (fixed), so at most floor(fmr*n)+1+k_max entries are needed."""
         w = np.asarray(weights, dtype=np.int64)
         w_q = w[self.order]
         w_nm = w[self.nm_idx]
         w_mt = w[self.mt_idx]
         cum_w = np.cumsum(w_q)
         cum_nm = np.cumsum(np.where(self.is_nm_q, w_q, 0))
+        n_nm = int(cum_nm[-1]) if cum_nm.size else 0
         mt_q = np.repeat(self.mt_q, w_mt)
         start = np.cumsum(w_nm) - w_nm  # first expanded position of each non-mated pair
-        w_desc = w_nm[self.desc0]
+        w_desc = w[self.desc_idx]
+        desc0 = self.desc0
+        desc_val0 = self.desc_val0
+        cum_desc = np.cumsum(w_desc)
+        if rates is not None:
+            need = math.floor(fmr * n_nm + _EPS) + 1
+            if mode != "fixed":
+                n_pairs = int(cum_w[-1]) if cum_w.size else 0
+                need += math.floor(float(np.max(rates)) * n_pairs + _EPS)
+            cut = int(np.searchsorted(cum_desc, min(need, n_nm), side="left")) + 1
+            desc0, desc_val0 = desc0[:cut], desc_val0[:cut]
+            w_desc, cum_desc = w_desc[:cut], cum_desc[:cut]
         # copy c of a pair has position start + c; arange(total) - (copies before the pair
         # in descending order) is c
-        shift = start[self.desc0] - (np.cumsum(w_desc) - w_desc)
-        desc_pos = np.repeat(shift, w_desc) + np.arange(int(w_desc.sum()))
-        desc_val = np.repeat(self.desc_val0, w_desc)
+        shift = start[desc0] - (cum_desc - w_desc)
+        total = int(cum_desc[-1]) if cum_desc.size else 0
+        desc_pos = np.repeat(shift, w_desc) + np.arange(total)
+        desc_val = np.repeat(desc_val0, w_desc)
         mt_sorted = np.repeat(self.mt_asc_val0, w_mt[self.mt_asc0])
-        return _Sorted(cum_w, cum_nm, self.is_nm_q, mt_q, desc_pos, desc_val, mt_sorted)
+        return _Sorted(cum_w, cum_nm, self.is_nm_q, mt_q, desc_pos, desc_val, mt_sorted, n_nm)
 
     def edc(self, weights: np.ndarray, rates: np.ndarray, fmr: float, mode: str
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return _edc_core(self.sorted_arrays(weights), rates, fmr, mode)
+        return _edc_core(self.sorted_arrays(weights, rates, fmr, mode), rates, fmr, mode)
 
 
 # --------------------------------------------------------------------------- public API
@@ -410,6 +432,28 @@ def pair_weights(n_pairs: int, *, n_boot: int, seed: int) -> Iterator[np.ndarray
         yield np.bincount(rng.integers(0, n_pairs, size=n_pairs), minlength=n_pairs)
 
 
+def pauc_points(
+    similarity: Any,
+    mated: Any,
+    quality_a: Any,
+    quality_b: Any,
+    modes: Iterable[tuple[float, str]],
+    *,
+    max_discard: float = 0.3,
+    step: float = 0.01,
+) -> dict[tuple[float, str], float]:
+    """pAUC in every (fmr, threshold) mode from one set of sorts; equal to ``pauc`` per mode
+    (NaN, without a warning, where undefined)."""
+    grid = _pauc_grid(max_discard, step)
+    sim, m, q = _validate_pairs(similarity, mated, quality_a, quality_b)
+    s = _sorted_arrays(sim, m, q)
+    out = {}
+    for fmr, mode in modes:
+        fnmr = _edc_core(s, grid, _validate_fmr(fmr), _validate_mode(mode))[0]
+        out[(float(fmr), mode)] = _pauc_from_fnmr(fnmr, step, max_discard)[0]
+    return out
+
+
 def pauc_resamples(
     similarity: Any,
     mated: Any,
@@ -520,9 +564,30 @@ def random_quality_paucs(
     images are taken as distinct. The pair's quality is the worse (min) of its two images.
     ``kw`` goes to ``pauc`` (fmr, max_discard, step, threshold).
     """
+    fmr, max_discard, step, mode, _ = _pauc_settings(kw)
+    return random_quality_modes(similarity, mated, [(fmr, mode)], n_seeds=n_seeds, seed=seed,
+                                image_a=image_a, image_b=image_b, max_discard=max_discard,
+                                step=step)[(fmr, mode)]
+
+
+def random_quality_modes(
+    similarity: Any,
+    mated: Any,
+    modes: Sequence[tuple[float, str]],
+    *,
+    n_seeds: int = 20,
+    seed: int = 0,
+    image_a: Any = None,
+    image_b: Any = None,
+    max_discard: float = 0.3,
+    step: float = 0.01,
+) -> dict[tuple[float, str], np.ndarray]:
+    """``random_quality_paucs`` for several (fmr, threshold) modes, one sort per seed; the
+    same ``seed`` draws the same qualities for every mode."""
     if int(n_seeds) < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
-    fmr, max_discard, step, mode, grid = _pauc_settings(kw)
+    grid = _pauc_grid(max_discard, step)
+    modes = [(_validate_fmr(f), _validate_mode(t)) for f, t in modes]
     sim_arr = np.asarray(similarity)
     n = sim_arr.shape[0] if sim_arr.ndim == 1 else 0
     placeholder = np.zeros(n)
@@ -533,21 +598,22 @@ def random_quality_paucs(
         raise ValueError("give both image_a and image_b, or neither")
     else:
         keys = np.concatenate([np.asarray(image_a), np.asarray(image_b)]).astype(str)
-        _, codes = np.unique(keys, return_inverse=True)
-        code_a, code_b, n_images = codes[:n], codes[n:], int(codes.max()) + 1
         if keys.shape[0] != 2 * n:
             raise ValueError(f"image_a/image_b have {keys.shape[0] // 2} entries for {n} pairs")
+        _, codes = np.unique(keys, return_inverse=True)
+        code_a, code_b, n_images = codes[:n], codes[n:], int(codes.max()) + 1
 
     rng = np.random.default_rng(seed)
-    values = np.empty(int(n_seeds))
+    values = {mode: np.empty(int(n_seeds)) for mode in modes}
     reasons: set[str] = set()
     for i in range(int(n_seeds)):
         u = rng.random(n_images)  # one draw per image
-        q = np.minimum(u[code_a], u[code_b])
-        fnmr = _edc_arrays(sim, m, q, grid, fmr, mode)[0]
-        values[i], reason = _pauc_from_fnmr(fnmr, step, max_discard)
-        if reason:
-            reasons.add(reason)
+        s = _sorted_arrays(sim, m, np.minimum(u[code_a], u[code_b]))
+        for fmr, mode in modes:
+            fnmr = _edc_core(s, grid, fmr, mode)[0]
+            values[(fmr, mode)][i], reason = _pauc_from_fnmr(fnmr, step, max_discard)
+            if reason:
+                reasons.add(reason)
     for reason in sorted(reasons):  # once per reason, not once per seed
         warnings.warn(f"pAUC is NaN for some seeds: {reason}", UndefinedPAUCWarning, stacklevel=2)
     return values

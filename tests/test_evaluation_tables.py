@@ -373,3 +373,23 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
     assert "T has the lower pAUC than B in 3 of 4 misaligned" in summary
     assert "primary setting" in summary and "secondary" in summary
     assert "n_dropped" in summary
+
+
+def test_fast_helpers_equal_the_straightforward_ones() -> None:
+    from aikd.evaluation.cells import _fnmr0, _fnmr0_sorted
+    from aikd.evaluation.edc import pauc_points, random_quality_modes, random_quality_paucs
+
+    pairs, sim, good = synthetic(3, n=300)
+    mated = pairs["mated"].to_numpy()
+    for fmr in (1e-3, 1e-2, 0.1, 0.5, 1.0):
+        assert _fnmr0(sim, mated, fmr) == _fnmr0_sorted(sim, mated, fmr)
+    ones = np.ones_like(good)
+    modes = [(0.01, "recomputed"), (0.01, "fixed"), (0.1, "recomputed")]
+    points = pauc_points(sim, mated, ones, good, modes)
+    for f, t in modes:
+        assert points[(f, t)] == pauc(sim, mated, ones, good, fmr=f, threshold=t)
+    kw = {"image_a": pairs["path_a"], "image_b": pairs["path_b"]}
+    many = random_quality_modes(sim, mated, modes, n_seeds=3, seed=2, **kw)
+    for f, t in modes:
+        one = random_quality_paucs(sim, mated, n_seeds=3, seed=2, fmr=f, threshold=t, **kw)
+        np.testing.assert_array_equal(many[(f, t)], one)

@@ -330,7 +330,8 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
             for variant in ("B", "T"):
                 q = good if (variant == "T") == t_informed[(det, bench)] else -good
                 results += evaluate_cell(pairs, sim, ones, q, n_boot=10,
-                                         keys={**keys, "method": "sdd", "variant": variant})
+                                         keys={**keys, "method": "sdd", "variant": variant},
+                                         interval_modes=[(1e-3, "recomputed")])
                 if bench == "b1" and det != "d2":  # two figures are enough (each ~1 s)
                     curves[("r50", det, bench, "sdd", variant)] = edc_curve(
                         sim, pairs["mated"], ones, q)
@@ -366,9 +367,12 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
     assert set(zip(table["fmr"], table["threshold"], strict=True)) == {
         (1e-3, "recomputed"), (1e-3, "fixed"), (1e-2, "recomputed"), (1e-2, "fixed")}
     md = (tmp_path / "reports/pauc_r50_d1.md").read_text()
-    assert md.index("FMR 0.001, recomputed threshold (primary") < md.index(
+    assert md.index("FMR 0.001, recomputed threshold (primary)") < md.index(
         "FMR 0.01, fixed threshold (secondary")
     assert "**" in md
+    assert md.count("95 % intervals") == 1  # only the primary setting has intervals
+    mis = pd.read_csv(tmp_path / "reports/pauc_r50_misaligned.csv")
+    assert {"n_fail0_min", "random_low_min", "random_high_max"} <= set(mis["metric"])
     summary = (tmp_path / "reports/summary.md").read_text()
     assert "T has the lower pAUC than B in 3 of 4 misaligned" in summary
     assert "primary setting" in summary and "secondary" in summary

@@ -27,6 +27,8 @@ from aikd.evaluation.tables import (
     check_results,
     combined_misaligned_table,
     fnmr0_table,
+    interval_table,
+    misaligned_footer,
     mode_order,
     mode_rows,
     pauc_table,
@@ -46,7 +48,7 @@ def _slug(text: str) -> str:
 
 def _mode_title(fmr: float, threshold: str, primary: PrimaryMode) -> str:
     is_primary = math.isclose(fmr, primary.fmr) and threshold == primary.threshold
-    label = (" (primary: person-bootstrap intervals in results_long.csv)" if is_primary else
+    label = (" (primary)" if is_primary else
              " (secondary: point estimates only, no intervals)")
     return f"FMR {fmr:g}, {threshold} threshold{label}"
 
@@ -59,9 +61,13 @@ def _csv_block(table: pd.DataFrame, footer: pd.DataFrame | None, fmr: float,
     parts = [body]
     if footer is not None:
         foot = footer.reset_index(names="method")
-        foot.insert(0, "metric", foot["method"].map(
-            {"FNMR(0)": "fnmr0", "failing mated pairs": "n_fail0", "pairs": "n_pairs",
-             "random low": "random_low", "random high": "random_high"}))
+        names = {"FNMR(0)": "fnmr0", "failing mated pairs": "n_fail0", "pairs": "n_pairs",
+                 "random low": "random_low", "random high": "random_high",
+                 "FNMR(0) (mean)": "fnmr0_mean",
+                 "failing mated pairs (fewest)": "n_fail0_min",
+                 "pairs (fewest)": "n_pairs_min", "random low (lowest)": "random_low_min",
+                 "random high (highest)": "random_high_max"}
+        foot.insert(0, "metric", foot["method"].map(names).fillna(foot["method"]))
         foot["method"] = ""
         foot.insert(2, "variant", "")
         parts.append(foot)
@@ -78,8 +84,10 @@ _PREAMBLE = (
     "Context rows (variant -): `none` = no quality (1 by definition), `random` = mean over "
     "random qualities (one draw per image). Footer (the noise floor): *FNMR(0)* is the "
     "error before discarding, *failing mated pairs* the errors it rests on, *pairs* the "
-    "pairs scored, *random low/high* the 2.5-97.5 % range of the random qualities' pAUC. "
-    "Only the primary setting has intervals; the secondary ones are point estimates.\n"
+    "pairs scored, *random low/high* the 2.5-97.5 % range of the random qualities' pAUC "
+    "(under the misaligned mean: the mean FNMR(0), and the fewest failures and widest "
+    "random range over those detectors). Only the primary setting has intervals (person-"
+    "level bootstrap, shown under its table); the secondary ones are point estimates.\n"
 )
 
 
@@ -103,6 +111,12 @@ def _write_cell_tables(results: pd.DataFrame, fr: str, det: str, rep: Path,
         md += [f"\n## {_mode_title(fmr, mode, primary)}\n\n",
                to_markdown(table, footer=footer)]
         blocks.append(_csv_block(table, footer, fmr, mode))
+        ci = interval_table(results, fr, det, fmr=fmr, threshold=mode)
+        ci = ci[[m != "none" for m, _ in ci.index]]
+        methods = ci[[v != CONTEXT_VARIANT for _, v in ci.index]]
+        if (methods != "").to_numpy().any():  # the primary setting
+            md += ["\n95 % intervals (bootstrap; random: over seeds):\n\n",
+                   to_markdown(ci, mark_best=False)]
     return _write_table_pair(blocks, md, rep / f"pauc_{_slug(fr)}_{_slug(det)}")
 
 
@@ -120,8 +134,11 @@ def _write_misaligned_tables(
             continue
         table = combined_misaligned_table(results, misaligned, reference=reference,
                                           fr_model=fr, fmr=fmr, threshold=mode)
-        md += [f"\n## {_mode_title(fmr, mode, primary)}\n\n", to_markdown(table)]
-        blocks.append(_csv_block(table, None, fmr, mode))
+        footer = misaligned_footer(results, misaligned, reference=reference, fr_model=fr,
+                                   fmr=fmr, threshold=mode)
+        md += [f"\n## {_mode_title(fmr, mode, primary)}\n\n",
+               to_markdown(table, footer=footer)]
+        blocks.append(_csv_block(table, footer, fmr, mode))
     return _write_table_pair(blocks, md, rep / f"pauc_{_slug(fr)}_misaligned")
 
 

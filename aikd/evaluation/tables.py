@@ -32,7 +32,9 @@ __all__ = [
     "RESULT_COLUMNS",
     "bt_pairs",
     "combined_misaligned_table",
+    "misaligned_footer",
     "fnmr0_table",
+    "interval_table",
     "mode_order",
     "mode_rows",
     "pauc_table",
@@ -160,6 +162,29 @@ def pauc_table(
     return _wide(_cell_selection(results, fr_model, detector, fmr, threshold), results, "pauc")
 
 
+def interval_table(
+    results: pd.DataFrame,
+    fr_model: str,
+    detector: str,
+    *,
+    fmr: float = 1e-3,
+    threshold: str = "recomputed",
+) -> pd.DataFrame:
+    """``[low, high]`` of every (method, variant) on every benchmark (strings; empty where
+    no interval was computed), rows in ``pauc_table``'s order: the intervals beside it."""
+    sel = _cell_selection(results, fr_model, detector, fmr, threshold)
+    text = [("" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.3f}, {hi:.3f}]")
+            for lo, hi in zip(sel["pauc_low"].astype(float), sel["pauc_high"].astype(float),
+                              strict=True)]
+    wide = sel.assign(interval=text).pivot(index=["method", "variant"], columns="benchmark",
+                                           values="interval")
+    benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
+    wide = wide.reindex(index=_row_order(wide.index, results), columns=benchmarks)
+    wide.index = pd.MultiIndex.from_tuples(wide.index.tolist(), names=["method", "variant"])
+    wide.columns.name = None
+    return wide.fillna("")
+
+
 def _cell_selection(results: pd.DataFrame, fr_model: str, detector: str, fmr: float,
                     threshold: str) -> pd.DataFrame:
     sel = _select(results, fr_model=fr_model, detectors=[detector], fmr=fmr, threshold=threshold)
@@ -196,6 +221,37 @@ def fnmr0_table(results: pd.DataFrame, fr_model: str, detector: str, **mode: Any
         rnd = rnd.reindex(benchmarks)
         out.loc["random low"] = rnd["pauc_low"].astype(object)
         out.loc["random high"] = rnd["pauc_high"].astype(object)
+    out.columns.name = None
+    return out
+
+
+def misaligned_footer(
+    results: pd.DataFrame,
+    detectors: Sequence[str],
+    *,
+    reference: str,
+    fr_model: str | None = None,
+    fmr: float = 1e-3,
+    threshold: str = "recomputed",
+) -> pd.DataFrame:
+    """The noise floor under ``combined_misaligned_table``, per benchmark over the
+    misaligned detectors: FNMR(0) (mean), the fewest failing mated pairs, the pairs scored
+    (fewest), and the widest random-quality range (lowest low, highest high)."""
+    dets = [d for d in detectors if d != reference]
+    sel = _select(results, fr_model=fr_model, detectors=dets, fmr=fmr, threshold=threshold)
+    rows = {}
+    by = sel[sel["method"] == "none"].groupby("benchmark", sort=False)
+    if "fnmr0" in sel.columns:
+        rows["FNMR(0) (mean)"] = by["fnmr0"].mean()
+    if "n_fail0" in sel.columns:
+        rows["failing mated pairs (fewest)"] = by["n_fail0"].min()
+    rows["pairs (fewest)"] = by["n_pairs"].min()
+    rnd = sel[sel["method"] == "random"].groupby("benchmark", sort=False)
+    if len(sel[sel["method"] == "random"]):
+        rows["random low (lowest)"] = rnd["pauc_low"].min()
+        rows["random high (highest)"] = rnd["pauc_high"].max()
+    benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
+    out = pd.DataFrame({k: v.reindex(benchmarks) for k, v in rows.items()}).T.astype(object)
     out.columns.name = None
     return out
 

@@ -240,8 +240,13 @@ def _log_mlflow(written: dict[str, Path], results: pd.DataFrame, metrics: dict,
         parent = str(Path(rel).parent)
         mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
     flat = {}
-    if metrics["aikd_win_share"] is not None:
-        flat["aikd_win_share"] = metrics["aikd_win_share"]
+    for key in ("aikd_win_share", "win_share_p_value", "aikd_win_share_t_vs_c",
+                "win_share_p_value_t_vs_c"):
+        if metrics.get(key) is not None:
+            flat[key] = metrics[key]
+    for key in ("significant_after_holm", "significant_after_holm_t_vs_c"):
+        for better, n in metrics.get(key, {}).items():
+            flat[f"{key}/{better}"] = n
     for r in mode_rows(results, primary.fmr, primary.threshold).itertuples(index=False):
         if np.isfinite(r.pauc):
             name = r.method if r.variant == CONTEXT_VARIANT else f"{r.method}_{r.variant}"

@@ -240,9 +240,11 @@ def summary_text(
     cov_cols = ["fr_model", "detector", "benchmark", "fmr", "fnmr0", "n_pairs"]
     cov_cols += [c for c in ("n_fail0", "n_dropped") if c in results.columns]
     cov = results[cov_cols].drop_duplicates(["fr_model", "detector", "benchmark", "fmr"])
-    out += ["\n## Coverage and FNMR before discarding\n\n",
+    out += ["\n## Coverage and FNMR before discarding (every FMR; FNMR(0) does not depend "
+            "on the threshold mode)\n\n",
             "Pairs where an image has no embedding (no face found) are dropped before "
-            "scoring; `n_dropped` counts them when the evaluate stage reports it.\n\n",
+            "scoring; `n_dropped` counts them when the evaluate stage reports it. "
+            f"FMR {primary.fmr:g} is the primary setting's, the others secondary.\n\n",
             _md_frame(cov, decimals=4)]
     tallies = {"win_share": ws, "win_share_reference": ws_ref, "significant": sig,
                "holm": holm_frame}

@@ -410,3 +410,113 @@ def test_plot_edc_writes_png(tmp_path):
     out = plot_edc(curves, tmp_path / "sub" / "edc.png", "tiny", 0.1, paucs={"informative": 0.375})
     assert out == tmp_path / "sub" / "edc.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _expanded_pauc(sim, mated, qa, qb, w, **kw):
+    """The straightforward path: pAUC on the explicitly repeated pairs."""
+    idx = np.repeat(np.arange(sim.shape[0]), w)
+    return pauc(sim[idx], mated[idx], qa[idx], qb[idx], **kw)
+
+
+@pytest.mark.parametrize("mode", ["recomputed", "fixed"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_resample_fast_path_equals_expanded_pairs(mode, ties):
+    from aikd.evaluation.edc import pauc_resamples
+
+    rng = np.random.default_rng(7)
+    n = 400
+    mated = rng.random(n) < 0.3
+    sim = np.where(mated, rng.normal(0.6, 0.2, n), rng.normal(0.1, 0.15, n))
+    qa, qb = rng.random(n), rng.random(n)
+    if ties:  # coarse values: ties in quality and in similarity
+        sim, qa, qb = np.round(sim, 1), np.round(qa, 1), np.round(qb, 1)
+    weights = [rng.integers(0, 4, n) for _ in range(15)] + [np.ones(n, int)]
+    for fmr in (0.01, 0.1):
+        got = pauc_resamples(sim, mated, qa, qb, weights, fmr=fmr, threshold=mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedPAUCWarning)
+            want = [_expanded_pauc(sim, mated, qa, qb, w, fmr=fmr, threshold=mode)
+                    for w in weights]
+        np.testing.assert_array_equal(got, np.asarray(want))  # exactly, not approximately
+        # and the EDC itself, rate by rate
+        from aikd.evaluation.edc import _edc_arrays, _Expander
+        q = np.minimum(qa, qb)
+        exp = _Expander(sim, mated, q)
+        for w in weights[:5]:
+            idx = np.repeat(np.arange(n), w)
+            fast = exp.edc(w, np.arange(31) / 100.0, fmr, mode)
+            slow = _edc_arrays(sim[idx], mated[idx], q[idx], np.arange(31) / 100.0, fmr, mode)
+            for f, s in zip(fast, slow, strict=True):
+                np.testing.assert_array_equal(f, s)
+
+
+def test_person_bootstrap_hand_case():
+    """3 people, draws (2, 0, 1): which pairs enter the resample, and how often."""
+    from aikd.evaluation.edc import pauc_resamples
+    from aikd.evaluation.stats import pair_multiplicity, person_codes
+
+    person_a = ["ann", "ann", "bob", "cid", "ann", "ann", "bob", "cid", "ann", "cid"]
+    person_b = ["ann", "ann", "bob", "cid", "bob", "cid", "cid", "ann", "cid", "cid"]
+    mated = np.array([a == b for a, b in zip(person_a, person_b, strict=True)])
+    ca, cb, n_people = person_codes(person_a, person_b)
+    assert n_people == 3
+    w = pair_multiplicity(ca, cb, np.array([2, 0, 1]))
+    # mated ann x2, bob x0, cid x1; non-mated ann-bob 0, ann-cid 2*1, bob-cid 0
+    assert w.tolist() == [2, 2, 0, 1, 0, 2, 0, 2, 2, 1]
+    sim = np.array([0.9, 0.2, 0.8, 0.3, 0.5, 0.1, 0.4, 0.35, 0.25, 0.7])
+    q = np.array([0.5, 0.1, 0.9, 0.2, 0.3, 0.6, 0.7, 0.8, 0.4, 0.05])
+    kw = {"fmr": 0.2, "max_discard": 0.3, "step": 0.1}
+    got = pauc_resamples(sim, mated, q, q, [w], **kw)[0]
+    expanded = np.array([0, 0, 1, 1, 3, 5, 5, 7, 7, 8, 8, 9])
+    assert np.repeat(np.arange(10), w).tolist() == expanded.tolist()
+    assert got == pauc(sim[expanded], mated[expanded], q[expanded], q[expanded], **kw)
+
+
+def test_person_bootstrap_is_wider_than_pair_bootstrap_when_people_cluster():
+    rng = np.random.default_rng(3)
+    n_people, per = 40, 30
+    person = np.repeat(np.arange(n_people), per)
+    effect = rng.normal(0, 0.15, n_people)  # a person-level shift shared by their pairs
+    mated = np.tile(np.r_[np.ones(10, bool), np.zeros(per - 10, bool)], n_people)
+    other = (person + 1 + rng.integers(0, n_people - 1, person.size)) % n_people
+    person_b = np.where(mated, person, other)
+    sim = np.where(mated, 0.5 + effect[person] + rng.normal(0, 0.1, person.size),
+                   rng.normal(0.1, 0.1, person.size))
+    q = rng.random(person.size)
+    from aikd.evaluation.cells import bootstrap_weights
+
+    pair = pauc_bootstrap(sim, mated, q, q, n_boot=100, fmr=0.05)
+    weights = bootstrap_weights(person.size, n_boot=100, seed=0, person_a=person,
+                                person_b=person_b)
+    people = pauc_bootstrap(sim, mated, q, q, weights=weights, fmr=0.05)
+    assert people["pauc"] == pair["pauc"]
+    assert people["low"] <= people["pauc"] <= people["high"]
+    # people share a similarity shift, so resampling them spreads wider than pairs
+    assert people["std"] > pair["std"]
+
+
+def test_random_quality_is_drawn_per_image():
+    from aikd.evaluation.edc import random_quality_paucs
+
+    # Pairs 0 and 1 share image "x": with per-image draws their quality is tied to it.
+    rng = np.random.default_rng(0)
+    n = 300
+    mated = rng.random(n) < 0.4
+    sim = np.where(mated, rng.normal(0.6, 0.2, n), rng.normal(0.1, 0.15, n))
+    img_a = np.array([f"i{k}" for k in range(n)])
+    img_b = np.array([f"j{k % 50}" for k in range(n)])  # 50 images shared by 6 pairs each
+    a = random_quality_paucs(sim, mated, n_seeds=3, seed=1, fmr=0.05, image_a=img_a,
+                             image_b=img_b)
+    b = random_quality_paucs(sim, mated, n_seeds=3, seed=1, fmr=0.05, image_a=img_a,
+                             image_b=img_b)
+    np.testing.assert_array_equal(a, b)
+    # the draw itself: replay the generator, pairs sharing an image see one value
+    from aikd.evaluation.stats import person_codes
+    ca, cb, n_img = person_codes(img_a, img_b)
+    u = np.random.default_rng(1).random(n_img)
+    qa, qb = u[ca], u[cb]
+    assert qb[0] == qb[50] == qb[100]  # j0 in pairs 0, 50, 100
+    assert a[0] == pauc(sim, mated, qa, qb, fmr=0.05)

@@ -196,13 +196,13 @@ def test_pauc_table_and_markdown() -> None:
 
 def test_combined_misaligned_table() -> None:
     res = table_results()
-    t = combined_misaligned_table(res, ["reference", "mtcnn", "dlib"])
+    t = combined_misaligned_table(res, ["reference", "mtcnn", "dlib"], reference="reference")
     # mean over mtcnn (+0.1) and dlib (+0.2), reference left out
     assert t.loc[("sdd", "B"), "lfw"] == pytest.approx(0.95)
     assert t.loc[("sdd", "T"), "mean"] == pytest.approx((0.85 + 1.05) / 2)
     partial = res.drop(res[(res["detector"] == "dlib") & (res["method"] == "random")
                            & (res["benchmark"] == "ytf")].index)
-    t2 = combined_misaligned_table(partial)
+    t2 = combined_misaligned_table(partial, reference="reference")
     assert math.isnan(t2.loc[("random", "-"), "ytf"]) and math.isnan(t2.loc[("random", "-"),
                                                                            "mean"])
     assert t2.loc[("random", "-"), "lfw"] == pytest.approx(0.99)
@@ -221,7 +221,7 @@ def test_win_share_and_significance() -> None:
         row("mtcnn", "lfw", "random", "-", 0.2),  # context rows never count
     ]
     res = pd.DataFrame(rows)
-    ws = win_share(res).set_index("threshold")
+    ws = win_share(res, reference="reference").set_index("threshold")
     assert ws.loc["recomputed", "n_cells"] == 4 and ws.loc["recomputed", "n_wins"] == 2
     assert ws.loc["recomputed", "win_share"] == pytest.approx(0.5)
     assert ws.loc["fixed", "win_share"] == 0.0
@@ -241,9 +241,11 @@ def test_win_share_and_significance() -> None:
     assert "paired" in paired["test"].iloc[0]
 
     with pytest.raises(ValueError, match="twice"):
-        win_share(pd.concat([res, res.iloc[:1]]))
+        win_share(pd.concat([res, res.iloc[:1]]), reference="reference")
     with pytest.raises(ValueError, match="lack columns"):
-        win_share(res.drop(columns="fnmr0"))
+        win_share(res.drop(columns="fnmr0"), reference="reference")
+    with pytest.raises(ValueError, match="reference"):
+        win_share(res)
 
 
 # --------------------------------------------------------------------------- report
@@ -275,6 +277,16 @@ def test_evaluate_cell_and_context_rows() -> None:
     boot = evaluate_cell(pairs, sim, ones, good, fmrs=(1e-2,), thresholds=("fixed",),
                          n_boot=30, seed=1)
     assert len(boot) == 1 and boot[0]["pauc_low"] <= boot[0]["pauc_high"]
+    assert boot[0]["bootstrap"] == "pair"  # no person columns
+    people = pairs.assign(person_a=[f"p{i % 20}" for i in range(200)])
+    people["person_b"] = np.where(people["mated"], people["person_a"],
+                                  [f"p{(i + 7) % 20}" for i in range(200)])
+    got: dict = {}
+    per = evaluate_cell(people, sim, ones, good, n_boot=30, seed=1, resamples=got,
+                        interval_modes=[(1e-2, "fixed")])
+    assert [r["bootstrap"] for r in per] == ["none", "none", "none", "person"]
+    assert math.isnan(per[0]["pauc_low"]) and list(got) == [(1e-2, "fixed")]
+    assert per[3]["pauc"] == boot[0]["pauc"] and got[(1e-2, "fixed")].shape == (30,)
 
     ctx = context_rows(pairs, sim, fmrs=(1e-3,), thresholds=("recomputed",), n_seeds=5,
                        keys={"benchmark": "b"})
@@ -282,7 +294,8 @@ def test_evaluate_cell_and_context_rows() -> None:
     assert (none["method"], none["variant"], none["pauc"]) == ("none", "-", 1.0)
     assert none["fnmr0"] == pytest.approx(fnmr0) and none["benchmark"] == "b"
     assert rnd["pauc_low"] < rnd["pauc"] < rnd["pauc_high"]
-    assert rnd["pauc_high"] - rnd["pauc"] == pytest.approx(rnd["pauc_std"])
+    assert rnd["pauc_std"] > 0 and rnd["bootstrap"] == "seeds"  # low/high: seed quantiles
+    assert none["n_fail0"] == round(fnmr0 * 100) == rows[0]["n_fail0"]
 
     flat = no_quality_curve(sim, pairs["mated"], discard_rates=[0.0, 0.1, 0.3])
     assert flat["fnmr"].tolist() == pytest.approx([fnmr0] * 3)
@@ -296,6 +309,7 @@ def test_paired_pauc_difference() -> None:
     assert res["delta"] < 0 and res["delta_high"] < 0 and res["n_valid"] >= 35
     same = paired_pauc_difference(sim, pairs["mated"], (ones, good), (ones, good), n_boot=10)
     assert same["delta"] == 0.0 and same["delta_low"] == 0.0 == same["delta_high"]
+    assert res["p_value"] < 0.05 and same["p_value"] == 1.0
 
 
 def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
@@ -316,7 +330,8 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
             for variant in ("B", "T"):
                 q = good if (variant == "T") == t_informed[(det, bench)] else -good
                 results += evaluate_cell(pairs, sim, ones, q, n_boot=10,
-                                         keys={**keys, "method": "sdd", "variant": variant})
+                                         keys={**keys, "method": "sdd", "variant": variant},
+                                         interval_modes=[(1e-3, "recomputed")])
                 if bench == "b1" and det != "d2":  # two figures are enough (each ~1 s)
                     curves[("r50", det, bench, "sdd", variant)] = edc_curve(
                         sim, pairs["mated"], ones, q)
@@ -326,12 +341,13 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
 
     written = write_report(res, curves, tmp_path, fr_models=["r50"],
                            detectors=["reference", "d1", "d2"],
-                           primary=PrimaryMode(1e-3, "recomputed"))
+                           primary=PrimaryMode(1e-3, "recomputed"), reference="reference")
     expected = {f"reports/pauc_r50_{d}.{ext}" for d in ("reference", "d1", "d2", "misaligned")
                 for ext in ("csv", "md")}
     expected |= {"reports/edc/r50_reference_b1.png", "reports/edc/r50_d1_b1.png",
                  "reports/edc/r50_d1_b2.png"}
-    expected |= {"reports/summary.md", "reports/results_long.csv", "metrics/evaluation.json"}
+    expected |= {"reports/summary.md", "reports/results_long.csv", "metrics/evaluation.json",
+                 "reports/benchmarks.csv", "reports/benchmarks.md"}
     assert set(written) == expected
     for rel in expected:
         assert (tmp_path / rel).is_file() and (tmp_path / rel).stat().st_size > 0
@@ -346,12 +362,38 @@ def test_write_report_outputs_and_win_share(tmp_path: Path) -> None:
     assert metrics["mean_pauc"]["none"]["-"]["d1"] == 1.0
 
     table = pd.read_csv(tmp_path / "reports/pauc_r50_d1.csv")
-    assert set(table["metric"]) == {"pauc", "fnmr0", "n_pairs"}
+    assert set(table["metric"]) == {"pauc", "fnmr0", "n_fail0", "n_pairs", "random_low",
+                                    "random_high"}
     assert set(zip(table["fmr"], table["threshold"], strict=True)) == {
         (1e-3, "recomputed"), (1e-3, "fixed"), (1e-2, "recomputed"), (1e-2, "fixed")}
     md = (tmp_path / "reports/pauc_r50_d1.md").read_text()
-    assert md.index("FMR 0.001, recomputed threshold (main)") < md.index("FMR 0.01, fixed")
+    assert md.index("FMR 0.001, recomputed threshold (primary)") < md.index(
+        "FMR 0.01, fixed threshold (secondary")
     assert "**" in md
+    assert md.count("95 % intervals") == 1  # only the primary setting has intervals
+    mis = pd.read_csv(tmp_path / "reports/pauc_r50_misaligned.csv")
+    assert {"n_fail0_min", "random_low_min", "random_high_max"} <= set(mis["metric"])
     summary = (tmp_path / "reports/summary.md").read_text()
-    assert "T has the lower pAUC in 3 of 4 misaligned" in summary
+    assert "T has the lower pAUC than B in 3 of 4 misaligned" in summary
+    assert "primary setting" in summary and "secondary" in summary
     assert "n_dropped" in summary
+
+
+def test_fast_helpers_equal_the_straightforward_ones() -> None:
+    from aikd.evaluation.cells import _fnmr0, _fnmr0_sorted
+    from aikd.evaluation.edc import pauc_points, random_quality_modes, random_quality_paucs
+
+    pairs, sim, good = synthetic(3, n=300)
+    mated = pairs["mated"].to_numpy()
+    for fmr in (1e-3, 1e-2, 0.1, 0.5, 1.0):
+        assert _fnmr0(sim, mated, fmr) == _fnmr0_sorted(sim, mated, fmr)
+    ones = np.ones_like(good)
+    modes = [(0.01, "recomputed"), (0.01, "fixed"), (0.1, "recomputed")]
+    points = pauc_points(sim, mated, ones, good, modes)
+    for f, t in modes:
+        assert points[(f, t)] == pauc(sim, mated, ones, good, fmr=f, threshold=t)
+    kw = {"image_a": pairs["path_a"], "image_b": pairs["path_b"]}
+    many = random_quality_modes(sim, mated, modes, n_seeds=3, seed=2, **kw)
+    for f, t in modes:
+        one = random_quality_paucs(sim, mated, n_seeds=3, seed=2, fmr=f, threshold=t, **kw)
+        np.testing.assert_array_equal(many[(f, t)], one)

@@ -12,6 +12,7 @@ from aikd.evaluation.stats import (
     pair_multiplicity,
     person_codes,
     person_resample,
+    resample_weights,
     sign_test,
 )
 
@@ -56,3 +57,64 @@ def test_sign_test_against_scipy():
 def test_bootstrap_p_value():
     assert bootstrap_p_value(np.full(99, -1.0)) == pytest.approx(2 / 100)
     assert bootstrap_p_value(np.r_[np.full(50, -1.0), np.full(50, 1.0)]) == pytest.approx(1.0)
+
+
+def _holm_by_definition(p: list[float]) -> list[float]:
+    """Holm from its definition: adjusted p_(i) = max over j <= i of (m - j + 1) p_(j), <= 1."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out = [0.0] * m
+    for rank, i in enumerate(order):
+        out[i] = min(1.0, max((m - r) * p[order[r]] for r in range(rank + 1)))
+    return out
+
+
+def test_holm_against_its_definition_on_random_pvalues():
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 5, 13):
+        p = rng.random(m) ** 3
+        assert holm(p).tolist() == pytest.approx(_holm_by_definition(p.tolist()))
+
+
+def test_sign_test_against_an_explicit_binomial_sum():
+    import math
+
+    for wins, n in [(0, 1), (3, 4), (9, 20), (15, 15)]:
+        want = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+        assert sign_test(wins, n) == pytest.approx(want)
+    assert np.isnan(sign_test(0, 0))
+    with pytest.raises(ValueError):
+        sign_test(5, 4)
+
+
+def test_holm_significance_is_per_comparison_and_misaligned_only():
+    import pandas as pd
+
+    from aikd.evaluation.summary import holm_significance
+
+    rows = []
+    for det, p_b, p_c in (("dlib", 0.001, 0.001), ("mtcnn", 0.01, 0.04), ("retina", 0.02, 0.5)):
+        for base, p in (("B", p_b), ("C", p_c)):
+            rows.append({"fr_model": "r", "detector": det, "benchmark": "x", "method": "m",
+                         "fmr": 1e-3, "threshold": "recomputed", "baseline": base,
+                         "delta": -0.1 if det != "retina" else 0.1, "p_value": p})
+    got = holm_significance(pd.DataFrame(rows), fmr=1e-3, threshold="recomputed",
+                            reference="dlib")
+    assert "dlib" not in set(got["detector"])
+    b = got[got["baseline"] == "B"].set_index("detector")
+    assert b["p_holm"].tolist() == pytest.approx(_holm_by_definition([0.01, 0.02]))
+    assert b.loc["mtcnn", "better"] == "T" and b.loc["retina", "better"] == "B"
+    c = got[got["baseline"] == "C"].set_index("detector")
+    assert c["p_holm"].tolist() == pytest.approx([0.08, 0.5])
+    assert (c["better"] == "-").all()
+
+
+def test_resample_weights_person_and_pair():
+    a, b, n = person_codes(["x", "y", "x"], ["x", "y", "y"])
+    got = list(resample_weights(3, a, b, n, 3, 0))
+    rng = np.random.default_rng(0)
+    for w in got:
+        draws = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        assert w.tolist() == [draws[0], draws[1], draws[0] * draws[1]]
+    pairs = list(resample_weights(5, None, None, 0, 2, 1))
+    assert all(w.sum() == 5 for w in pairs)

@@ -10,15 +10,16 @@ import pandas as pd
 
 from aikd.naming import split_run_name
 
-__all__ = ["CONTEXT_VARIANT", "LABEL_VARIANTS", "REFERENCE_DETECTOR", "method_columns",
-           "split_method"]
+__all__ = ["CONTEXT_VARIANT", "LABEL_VARIANTS", "method_columns", "split_method"]
 
-#: The alignment the models were trained on; every other detector is "misaligned".
-REFERENCE_DETECTOR = "reference"
+# The alignment the models were trained on (every other detector is "misaligned") is
+# params ``landmarks.training_detector``, passed to the tables, summary and report.
+
 #: Variant of the rows that are no trained model: no quality, random quality, baselines.
 CONTEXT_VARIANT = "-"
-#: Variants compared in the tables: B (base alignment) and T (alignment-invariant, AI-KD).
-LABEL_VARIANTS = ("B", "T")
+#: Variants compared in the tables: B (base alignment), C (consistency only) and T
+#: (alignment-invariant, AI-KD).
+LABEL_VARIANTS = ("B", "C", "T")
 
 
 def method_columns(table: pd.DataFrame) -> list[str]:

@@ -20,20 +20,22 @@ import numpy as np
 import pandas as pd
 
 from aikd.config import section
-from aikd.evaluation.columns import CONTEXT_VARIANT, REFERENCE_DETECTOR
+from aikd.evaluation.columns import CONTEXT_VARIANT
 from aikd.evaluation.settings import PrimaryMode, evaluate_settings
 from aikd.evaluation.summary import headline_metrics, summary_text
 from aikd.evaluation.tables import (
     check_results,
     combined_misaligned_table,
     fnmr0_table,
+    interval_table,
+    misaligned_footer,
     mode_order,
     mode_rows,
     pauc_table,
     to_markdown,
 )
 
-__all__ = ["CURVE_KEYS", "report_stage", "write_report"]
+__all__ = ["CURVE_KEYS", "benchmarks_table", "report_stage", "write_benchmarks", "write_report"]
 
 CURVE_KEYS = ["fr_model", "detector", "benchmark", "method", "variant"]
 CurveKey = tuple[str, str, str, str, str]  # fr_model, detector, benchmark, method, variant
@@ -46,7 +48,9 @@ def _slug(text: str) -> str:
 
 def _mode_title(fmr: float, threshold: str, primary: PrimaryMode) -> str:
     is_primary = math.isclose(fmr, primary.fmr) and threshold == primary.threshold
-    return f"FMR {fmr:g}, {threshold} threshold{' (main)' if is_primary else ''}"
+    label = (" (primary)" if is_primary else
+             " (secondary: point estimates only, no intervals)")
+    return f"FMR {fmr:g}, {threshold} threshold{label}"
 
 
 def _csv_block(table: pd.DataFrame, footer: pd.DataFrame | None, fmr: float,
@@ -57,7 +61,13 @@ def _csv_block(table: pd.DataFrame, footer: pd.DataFrame | None, fmr: float,
     parts = [body]
     if footer is not None:
         foot = footer.reset_index(names="method")
-        foot.insert(0, "metric", foot["method"].map({"FNMR(0)": "fnmr0", "pairs": "n_pairs"}))
+        names = {"FNMR(0)": "fnmr0", "failing mated pairs": "n_fail0", "pairs": "n_pairs",
+                 "random low": "random_low", "random high": "random_high",
+                 "FNMR(0) (mean)": "fnmr0_mean",
+                 "failing mated pairs (fewest)": "n_fail0_min",
+                 "pairs (fewest)": "n_pairs_min", "random low (lowest)": "random_low_min",
+                 "random high (highest)": "random_high_max"}
+        foot.insert(0, "metric", foot["method"].map(names).fillna(foot["method"]))
         foot["method"] = ""
         foot.insert(2, "variant", "")
         parts.append(foot)
@@ -70,9 +80,14 @@ def _csv_block(table: pd.DataFrame, footer: pd.DataFrame | None, fmr: float,
 _PREAMBLE = (
     "Normalised pAUC of the EDC up to 30 % discarded pairs (lower is better; 1.000 means the "
     "quality did not help). Best (lowest) per column in **bold**. Variant B: labels/model "
-    "for the reference alignment; T: alignment-invariant (AI-KD). Context rows (variant -): "
-    "`none` = no quality (1 by definition), `random` = mean over random qualities. "
-    "*FNMR(0)* is the error before discarding, *pairs* the pairs scored.\n"
+    "for the training alignment; C: consistency only; T: alignment-invariant (AI-KD). "
+    "Context rows (variant -): `none` = no quality (1 by definition), `random` = mean over "
+    "random qualities (one draw per image). Footer (the noise floor): *FNMR(0)* is the "
+    "error before discarding, *failing mated pairs* the errors it rests on, *pairs* the "
+    "pairs scored, *random low/high* the 2.5-97.5 % range of the random qualities' pAUC "
+    "(under the misaligned mean: the mean FNMR(0), and the fewest failures and widest "
+    "random range over those detectors). Only the primary setting has intervals (person-"
+    "level bootstrap, shown under its table); the secondary ones are point estimates.\n"
 )
 
 
@@ -96,24 +111,34 @@ def _write_cell_tables(results: pd.DataFrame, fr: str, det: str, rep: Path,
         md += [f"\n## {_mode_title(fmr, mode, primary)}\n\n",
                to_markdown(table, footer=footer)]
         blocks.append(_csv_block(table, footer, fmr, mode))
+        ci = interval_table(results, fr, det, fmr=fmr, threshold=mode)
+        ci = ci[[m != "none" for m, _ in ci.index]]
+        methods = ci[[v != CONTEXT_VARIANT for _, v in ci.index]]
+        if (methods != "").to_numpy().any():  # the primary setting
+            md += ["\n95 % intervals (bootstrap; random: over seeds):\n\n",
+                   to_markdown(ci, mark_best=False)]
     return _write_table_pair(blocks, md, rep / f"pauc_{_slug(fr)}_{_slug(det)}")
 
 
 def _write_misaligned_tables(
-    results: pd.DataFrame, fr: str, misaligned: list[str], rep: Path, primary: PrimaryMode
+    results: pd.DataFrame, fr: str, misaligned: list[str], rep: Path, primary: PrimaryMode,
+    reference: str,
 ) -> list[Path]:
     blocks = []
     md = [f"# pAUC: {fr}, mean over misaligned detectors\n\n",
-          f"Detectors: {', '.join(misaligned)} (every detector but `{REFERENCE_DETECTOR}`). "
-          "A cell missing for any of them is left empty.\n", _PREAMBLE]
+          f"Detectors: {', '.join(misaligned)} (every detector but `{reference}`, the "
+          "training alignment). A cell missing for any of them is left empty.\n", _PREAMBLE]
     for fmr, mode in mode_order(results):
         sub = mode_rows(results, fmr, mode, fr_model=fr)
         if sub[sub["detector"].isin(misaligned)].empty:
             continue
-        table = combined_misaligned_table(results, misaligned, fr_model=fr, fmr=fmr,
-                                          threshold=mode)
-        md += [f"\n## {_mode_title(fmr, mode, primary)}\n\n", to_markdown(table)]
-        blocks.append(_csv_block(table, None, fmr, mode))
+        table = combined_misaligned_table(results, misaligned, reference=reference,
+                                          fr_model=fr, fmr=fmr, threshold=mode)
+        footer = misaligned_footer(results, misaligned, reference=reference, fr_model=fr,
+                                   fmr=fmr, threshold=mode)
+        md += [f"\n## {_mode_title(fmr, mode, primary)}\n\n",
+               to_markdown(table, footer=footer)]
+        blocks.append(_csv_block(table, footer, fmr, mode))
     return _write_table_pair(blocks, md, rep / f"pauc_{_slug(fr)}_misaligned")
 
 
@@ -151,9 +176,58 @@ def _write_figures(
             if value is not None and np.isfinite(value):
                 paucs[label] = float(value)
         path = rep / "edc" / f"{_slug(fr)}_{_slug(det)}_{_slug(bench)}.png"
-        title = f"{fr} / {det} / {bench} ({threshold} threshold)"
+        title = f"{fr} / {det} / {bench} (primary: {threshold} threshold)"
         written.append(plot_edc(lines, path, title, fmr, paucs=paucs))
     return written
+
+
+def benchmarks_table(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per benchmark: identities, pairs, identity-disjointness, FNMR(0) per alignment.
+
+    ``n_identities`` is -1 where the pairs name no people; ``identity_disjoint`` is True
+    for benchmarks whose pairs all lie in the test split (the evaluate stage records it).
+    ``fnmr0_<fmr>_<detector>`` / ``n_fail0_<fmr>_<detector>``: FNMR before discarding and
+    the failing mated pairs it rests on (FMR spelled as ``naming.fmr_tag``), from the
+    ``none`` rows (every method of a cell shares the pairs).
+    """
+    from aikd.naming import fmr_tag
+
+    rows = []
+    none = results[results["method"] == "none"] if (results["method"] == "none").any() \
+        else results
+    for bench in pd.unique(results["benchmark"]):
+        sub = none[none["benchmark"] == bench]
+        first = sub.iloc[0]
+        row: dict[str, Any] = {
+            "benchmark": bench,
+            "n_identities": int(first["n_identities"]) if "n_identities" in sub else -1,
+            "n_mated": int(first["n_mated"]) if "n_mated" in sub else -1,
+            "n_nonmated": int(first["n_nonmated"]) if "n_nonmated" in sub else -1,
+            "identity_disjoint": bool(first["identity_disjoint"])
+            if "identity_disjoint" in sub else False,
+        }
+        for fmr in sorted({float(f) for f in sub["fmr"]}):
+            at = sub[np.isclose(sub["fmr"].to_numpy(dtype=np.float64), fmr, rtol=1e-6)]
+            for det in pd.unique(at["detector"]):
+                r = at[at["detector"] == det].iloc[0]
+                row[f"fnmr0_{fmr_tag(fmr)}_{det}"] = float(r["fnmr0"])
+                if "n_fail0" in at.columns:
+                    row[f"n_fail0_{fmr_tag(fmr)}_{det}"] = int(r["n_fail0"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_benchmarks(results: pd.DataFrame, rep: Path) -> list[Path]:
+    """``benchmarks.csv`` and ``benchmarks.md`` (see ``benchmarks_table``)."""
+    table = benchmarks_table(results)
+    csv, md = rep / "benchmarks.csv", rep / "benchmarks.md"
+    table.to_csv(csv, index=False)
+    md.write_text("# Benchmarks\n\nIdentities, pairs and FNMR before discarding (with the "
+                  "failing mated pairs it rests on) per FMR and alignment. identity_disjoint: "
+                  "every pair lies in the test split, whose people no model was trained "
+                  "on.\n\n" + to_markdown(table.set_index("benchmark"), mark_best=False,
+                                              decimals=4))
+    return [csv, md]
 
 
 def _log_mlflow(written: dict[str, Path], results: pd.DataFrame, metrics: dict,
@@ -166,8 +240,13 @@ def _log_mlflow(written: dict[str, Path], results: pd.DataFrame, metrics: dict,
         parent = str(Path(rel).parent)
         mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
     flat = {}
-    if metrics["aikd_win_share"] is not None:
-        flat["aikd_win_share"] = metrics["aikd_win_share"]
+    for key in ("aikd_win_share", "win_share_p_value", "aikd_win_share_t_vs_c",
+                "win_share_p_value_t_vs_c"):
+        if metrics.get(key) is not None:
+            flat[key] = metrics[key]
+    for key in ("significant_after_holm", "significant_after_holm_t_vs_c"):
+        for better, n in metrics.get(key, {}).items():
+            flat[f"{key}/{better}"] = n
     for r in mode_rows(results, primary.fmr, primary.threshold).itertuples(index=False):
         if np.isfinite(r.pauc):
             name = r.method if r.variant == CONTEXT_VARIANT else f"{r.method}_{r.variant}"
@@ -184,6 +263,7 @@ def write_report(
     fr_models: Sequence[str],
     detectors: Sequence[str],
     primary: PrimaryMode,
+    reference: str,
     differences: pd.DataFrame | None = None,
     reports_subdir: str = "reports",
 ) -> dict[str, Path]:
@@ -196,7 +276,11 @@ def write_report(
     ``reports/summary.md`` and ``metrics/evaluation.json``. ``primary`` (params
     ``evaluate.primary``) is the (FMR, threshold) mode of the headline numbers, e.g.
     ``aikd_win_share``: the share of misaligned cells with pAUC(T) < pAUC(B).
-    ``differences`` (optional, paired bootstrap per cell) sharpens the significance test.
+    ``reference`` (params ``landmarks.training_detector``) is the alignment the models were
+    trained on; every other detector is misaligned. ``reports/benchmarks.csv|.md`` has one
+    row per benchmark (identities, pairs, FNMR(0) and its failing pairs per FMR and
+    alignment). ``differences`` (optional, paired bootstrap per cell: T-B and T-C with
+    p-values) sharpens the significance test and gives the Holm-corrected counts.
     ``reports_subdir`` renames ``reports/`` (the DVC stage writes ``reports/evaluation``
     so that its output directory does not overlap other stages' reports).
     Results may carry an ``n_dropped`` column (pairs lost to missing faces); it is shown.
@@ -210,20 +294,22 @@ def write_report(
     rep, met = out / reports_subdir, out / "metrics"
     rep.mkdir(parents=True, exist_ok=True)
     met.mkdir(parents=True, exist_ok=True)
-    misaligned = [d for d in detectors if d != REFERENCE_DETECTOR]
-    paths, missing = _write_tables(results, fr_models, detectors, misaligned, rep, primary)
+    misaligned = [d for d in detectors if d != reference]
+    paths, missing = _write_tables(results, fr_models, detectors, misaligned, rep, primary,
+                                   reference)
+    paths += write_benchmarks(results, rep)
     paths += _write_figures(results, curves, fr_models, detectors, rep, primary)
     long_path = rep / "results_long.csv"
     results.to_csv(long_path, index=False)
     paths.append(long_path)
 
-    text, ws_mis, _, sig = summary_text(results, misaligned, differences, fr_models,
-                                        detectors, missing, primary)
+    text, tallies = summary_text(results, misaligned, differences, fr_models, detectors,
+                                 missing, primary, reference)
     summary_path = rep / "summary.md"
     summary_path.write_text(text)
     paths.append(summary_path)
 
-    metrics = headline_metrics(results, ws_mis, sig, fr_models, primary)
+    metrics = headline_metrics(results, tallies, fr_models, primary, reference)
     metrics_path = met / "evaluation.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     paths.append(metrics_path)
@@ -240,6 +326,7 @@ def _write_tables(
     misaligned: list[str],
     rep: Path,
     primary: PrimaryMode,
+    reference: str,
 ) -> tuple[list[Path], list[str]]:
     """Per-(FR model, detector) and misaligned-mean tables; also the pairs without results."""
     present = set(zip(results["fr_model"], results["detector"], strict=True))
@@ -253,7 +340,8 @@ def _write_tables(
             paths += _write_cell_tables(results, fr, det, rep, primary)
         with_results = [d for d in misaligned if (fr, d) in present]  # missing: in summary
         if with_results:
-            paths += _write_misaligned_tables(results, fr, with_results, rep, primary)
+            paths += _write_misaligned_tables(results, fr, with_results, rep, primary,
+                                              reference)
     return paths, missing
 
 
@@ -275,6 +363,7 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
         written = write_report(results, curves, ".", fr_models=fr_models,
                                detectors=settings.detectors_of(params),
                                primary=settings.primary,
+                               reference=settings.training_detector(params),
                                differences=diffs if len(diffs) else None,
                                reports_subdir=settings.reports_dir)
     print((Path(settings.reports_dir) / "summary.md").read_text())

@@ -114,6 +114,12 @@ class EvaluateSettings:
         """The detectors compared: ``evaluate.detectors``, else ``landmarks.detectors``."""
         return list(self.detectors or section(params, "landmarks")["detectors"])
 
+    @staticmethod
+    def training_detector(params: Mapping[str, Any]) -> str:
+        """``landmarks.training_detector``: the alignment the models were trained on; every
+        other detector is "misaligned" in the tables, summary and metrics."""
+        return str(section(params, "landmarks")["training_detector"])
+
 
 def evaluate_settings(params: Mapping[str, Any]) -> EvaluateSettings:
     """The typed ``evaluate`` section of ``params``."""

@@ -3,15 +3,18 @@
 `pairs` writes each benchmark's verification pairs once (a versioned file, so every model
 is compared on the same pairs). `evaluate` scores every (benchmark, detector, quality
 method) cell: similarity from the FR embeddings of the faces as *that* detector aligned
-them, quality from the quality stage on the same crops; pAUC with bootstrap intervals for
-both threshold modes at two FMRs, the no-quality and random anchors, EDC curves and the
-paired B-vs-T bootstrap. The `report` stage, which turns that into the tables, figures
-and metrics, is ``aikd.evaluation.report.report_stage``: kept beside the report so that
-editing the report's code re-runs only `report`, not the evaluation.
+them, quality from the quality stage on the same crops; pAUC for both threshold modes at
+two FMRs, with a person-level bootstrap interval in the primary mode (``evaluate.primary``;
+point estimates in the secondary ones), the no-quality and random anchors, EDC curves and
+the paired T-B and T-C differences (primary mode, same resamples of people). The `report`
+stage, which turns that into the tables, figures and metrics, is
+``aikd.evaluation.report.report_stage``: kept beside the report so that editing the
+report's code re-runs only `report`, not the evaluation.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,10 +28,13 @@ from aikd.config import section
 from aikd.errors import UsageError
 from aikd.evaluation.benchmarks import benchmark_pairs, benchmark_specs
 from aikd.evaluation.cells import (
+    bootstrap_kind,
+    bootstrap_weights,
     context_rows,
+    difference_from_resamples,
     evaluate_cell,
     no_quality_curve,
-    paired_pauc_difference,
+    persons_of,
 )
 from aikd.evaluation.columns import CONTEXT_VARIANT, method_columns, split_method
 from aikd.evaluation.edc import UndefinedPAUCWarning, edc_curve
@@ -158,49 +164,114 @@ def _load_cell(params: Mapping[str, Any], bench: str, det: str) -> _Cell:
                  scored.n_dropped + int((~ok).sum()))
 
 
+def method_variants(columns: list[str]) -> dict[str, tuple[str, str]]:
+    """Quality column -> (method, variant) as the tables show it.
+
+    ``sddfiqa-T`` -> (sddfiqa, T); a bare column whose ``-T`` exists (``serfiq`` beside
+    ``serfiq-T``: SER-FIQ applied directly) is that method's B, unless a ``-B`` column
+    exists too; every other bare column (flip, sharpness) is a context row (variant -).
+    """
+    out = {}
+    for col in columns:
+        method, variant = split_method(col)
+        if (variant == CONTEXT_VARIANT and run_name(col, "T") in columns
+                and run_name(col, "B") not in columns):
+            variant = "B"
+        out[col] = (method, variant)
+    return out
+
+
+#: The paired comparisons: T (AI-KD) against B (base alignment) and C (consistency only).
+COMPARISONS = ("B", "C")
+
+
+def _cell_facts(cell: _Cell, spec_split: str | None) -> dict[str, Any]:
+    """Per-cell facts every row carries: dropped pairs, identities, identity-disjointness."""
+    person_a, person_b = persons_of(cell.pairs)
+    n_ids = (int(pd.unique(np.concatenate([person_a, person_b]).astype(str)).size)
+             if person_a is not None else -1)
+    return {"n_dropped": cell.n_dropped, "n_identities": n_ids,
+            "identity_disjoint": spec_split == "test"}
+
+
+def _cell_weights(cell: _Cell, n_boot: int, seed: int) -> list[np.ndarray] | None:
+    """The cell's resamples (per-pair multiplicities), drawn once and shared by every method,
+    stored in the smallest integer type that holds them (200 x 112k pairs: ~22 MB)."""
+    if n_boot <= 0:
+        return None
+    person_a, person_b = persons_of(cell.pairs)
+    out = []
+    for w in bootstrap_weights(len(cell.pairs), n_boot=n_boot, seed=seed, person_a=person_a,
+                               person_b=person_b):
+        out.append(w.astype(np.min_scalar_type(int(w.max()) if w.size else 0)))
+    return out
+
+
 def _score_cell(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings, seed: int,
-                results: list[dict[str, Any]], curves: list[pd.DataFrame]) -> None:
-    """Append the cell's result rows (context rows first) and its EDC curves."""
+                results: list[dict[str, Any]], curves: list[pd.DataFrame],
+                facts: dict[str, Any] | None = None) -> dict[str, tuple[float, np.ndarray]]:
+    """Append the cell's result rows (context rows first) and its EDC curves.
+
+    Intervals are computed in the primary (fmr, threshold) mode only (point estimates in
+    the secondary ones); returns {quality column: (primary pAUC, its resampled pAUCs)},
+    from which ``_paired_differences`` takes the T-B and T-C differences.
+    """
     primary = settings.primary
+    mode = (primary.fmr, primary.threshold)
+    facts = facts or {"n_dropped": cell.n_dropped}
     sim, mated = cell.similarity, cell.mated
+    weights = _cell_weights(cell, settings.n_boot, seed)
     for row in context_rows(cell.pairs, sim, fmrs=settings.fmrs, thresholds=settings.thresholds,
                             seed=seed, keys=keys, n_seeds=settings.random_seeds):
-        results.append({**row, "n_dropped": cell.n_dropped})
+        results.append({**row, **facts})
     curve = no_quality_curve(sim, mated, fmr=primary.fmr)
     curves.append(curve.assign(**keys, method="none", variant=CONTEXT_VARIANT))
-    for col in cell.quality_a:
-        method, variant = split_method(col)
+    resampled: dict[str, tuple[float, np.ndarray]] = {}
+    for col, (method, variant) in method_variants(list(cell.quality_a)).items():
         ck = {**keys, "method": method, "variant": variant}
         qa, qb = cell.quality_a[col], cell.quality_b[col]
+        got: dict[tuple[float, str], np.ndarray] = {}
+        point = math.nan
         for row in evaluate_cell(cell.pairs, sim, qa, qb, fmrs=settings.fmrs,
                                  thresholds=settings.thresholds, n_boot=settings.n_boot,
-                                 seed=seed, keys=ck):
-            results.append({**row, "n_dropped": cell.n_dropped})
+                                 seed=seed, keys=ck, interval_modes=[mode], resamples=got,
+                                 weights=weights):
+            results.append({**row, **facts})
+            if (math.isclose(row["fmr"], primary.fmr, rel_tol=1e-6)
+                    and row["threshold"] == primary.threshold):
+                point = row["pauc"]
+        for values in got.values():
+            resampled[col] = (point, values)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             curve = edc_curve(sim, mated, qa, qb, fmr=primary.fmr, threshold=primary.threshold)
         curves.append(curve.assign(**ck))
+    return resampled
 
 
-def _bt_differences(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings,
-                    seed: int) -> list[dict[str, Any]]:
-    """Paired bootstrap of pAUC(T) - pAUC(B) for every method that has both variants."""
+def _paired_differences(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings,
+                        resampled: dict[str, tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
+    """pAUC(T) - pAUC(B) and pAUC(T) - pAUC(C) for every method with those variants.
+
+    Primary mode only. Both methods' pAUCs come from the same resamples of people (the
+    same seed), so the difference is paired; ``baseline`` names B or C. SER-FIQ's B is
+    its direct column (``serfiq-B`` or a bare ``serfiq``, see ``method_variants``).
+    """
     diffs = []
-    qa, qb = cell.quality_a, cell.quality_b
-    for col in qa:
-        method, variant = split_method(col)
-        partner = run_name(method, "B")
-        if variant != "T" or partner not in qa:
+    variants = method_variants(list(cell.quality_a))
+    by_key = {mv: col for col, mv in variants.items()}
+    for col, (method, variant) in variants.items():
+        if variant != "T" or col not in resampled:
             continue
-        for fmr in settings.fmrs:
-            for mode in settings.thresholds:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    d = paired_pauc_difference(
-                        cell.similarity, cell.mated, (qa[partner], qb[partner]),
-                        (qa[col], qb[col]), fmr=fmr, threshold=mode,
-                        n_boot=settings.n_boot, seed=seed)
-                diffs.append({**keys, "method": method, "fmr": fmr, "threshold": mode, **d})
+        for base in COMPARISONS:
+            partner = by_key.get((method, base))
+            if partner is None or partner not in resampled:
+                continue
+            (pt, vt), (pb, vb) = resampled[col], resampled[partner]
+            d = difference_from_resamples(pt, pb, vt, vb)
+            diffs.append({**keys, "method": method, "baseline": base,
+                          "fmr": settings.primary.fmr, "threshold": settings.primary.threshold,
+                          "bootstrap": bootstrap_kind(cell.pairs), **d})
     return diffs
 
 
@@ -231,7 +302,7 @@ def _reemit_other_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 
 def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
-    """Every cell of the comparison; writes results, curves and B-vs-T differences.
+    """Every cell of the comparison; writes results, curves and T-B / T-C differences.
 
     pAUC is undefined in many cells of a tiny benchmark (no error to remove); instead of
     one UndefinedPAUCWarning per cell the stage prints one line saying how many and why.
@@ -244,15 +315,24 @@ def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     results: list[dict[str, Any]] = []
     curves: list[pd.DataFrame] = []
     diffs: list[dict[str, Any]] = []
-    cells = [(b, d) for b in benchmark_specs(params) for d in settings.detectors_of(params)]
+    specs = benchmark_specs(params)
+    cells = [(b, d) for b in specs for d in settings.detectors_of(params)]
+    no_people: set[str] = set()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedPAUCWarning)
         for bench, det in tqdm(cells, desc="evaluate", unit="cell"):
             cell = _load_cell(params, bench, det)
+            if bootstrap_kind(cell.pairs) == "pair":
+                no_people.add(bench)
             keys = {"fr_model": fr_model, "detector": det, "benchmark": bench}
-            _score_cell(cell, keys, settings, seed, results, curves)
-            diffs += _bt_differences(cell, keys, settings, seed)
+            facts = _cell_facts(cell, specs[bench].split)
+            resampled = _score_cell(cell, keys, settings, seed, results, curves, facts)
+            diffs += _paired_differences(cell, keys, settings, resampled)
     _reemit_other_warnings(caught)
+    for bench in sorted(no_people):
+        warnings.warn(f"evaluate: the pairs of {bench} have no person_a/person_b columns; its "
+                      "intervals resample pairs, which understates the spread when pairs "
+                      "share people (re-run its pairs stage)", UserWarning, stacklevel=2)
     out_dir = Path(settings.out_dir)
     frames = {"results": pd.DataFrame(results), "curves": pd.concat(curves, ignore_index=True),
               "differences": pd.DataFrame(diffs)}

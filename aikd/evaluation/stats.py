@@ -10,11 +10,10 @@ pair sets; a mated pair as many times as its person was drawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 def person_codes(person_a: Sequence[Any],
@@ -43,6 +42,23 @@ def person_resample(code_a: np.ndarray, code_b: np.ndarray, n_people: int,
     return np.repeat(np.arange(code_a.size), pair_multiplicity(code_a, code_b, draws))
 
 
+def resample_weights(n_pairs: int, code_a: np.ndarray | None, code_b: np.ndarray | None,
+                     n_people: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """``n_boot`` vectors of per-pair multiplicities, one per bootstrap resample.
+
+    With person codes: people drawn with replacement (``pair_multiplicity``). Without
+    (``code_a is None``): the pair bootstrap, each pair's count among n draws of pairs.
+    The same ``seed`` gives the same resamples, so methods scored with it are paired.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(int(n_boot)):
+        if code_a is None or code_b is None:
+            yield np.bincount(rng.integers(0, n_pairs, size=n_pairs), minlength=n_pairs)
+        else:
+            draws = np.bincount(rng.integers(0, n_people, size=n_people), minlength=n_people)
+            yield pair_multiplicity(code_a, code_b, draws)
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN."""
     p = np.asarray(pvalues, dtype=np.float64)
@@ -63,6 +79,8 @@ def sign_test(wins: int, n: int) -> float:
         raise ValueError(f"wins must be in [0, n], got {wins} of {n}")
     if n == 0:
         return float("nan")
+    from scipy import stats  # imported here so the per-cell maths can use this module
+
     return float(stats.binom.sf(wins - 1, n, 0.5))
 
 

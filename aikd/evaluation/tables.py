@@ -7,9 +7,11 @@ method, variant, fmr, threshold), with the columns of ``RESULT_COLUMNS``:
   alignment-invariant AI-KD model) for label methods, and ``-`` for context rows
   (``none``: no quality, ``random``: random quality, single-score baselines);
 * ``pauc_low``/``pauc_high`` bound the pAUC (bootstrap interval; mean -/+ SD for random);
-* ``fnmr0`` is the FNMR before any discard, ``n_pairs`` the pairs scored.
+* ``fnmr0`` is the FNMR before any discard, ``n_pairs`` the pairs scored; optional
+  ``n_fail0`` is the number of failing mated pairs FNMR(0) rests on.
 
-"Misaligned" detectors are all but ``reference``: the alignment the models were trained on.
+"Misaligned" detectors are all but the ``reference`` one passed in: the alignment the
+models were trained on (params ``landmarks.training_detector``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import pandas as pd
 
 from aikd.evaluation.columns import (  # noqa: F401  (method_columns, split_method: old home)
     CONTEXT_VARIANT,
-    REFERENCE_DETECTOR,
     method_columns,
     split_method,
 )
@@ -31,7 +32,9 @@ __all__ = [
     "RESULT_COLUMNS",
     "bt_pairs",
     "combined_misaligned_table",
+    "misaligned_footer",
     "fnmr0_table",
+    "interval_table",
     "mode_order",
     "mode_rows",
     "pauc_table",
@@ -55,7 +58,7 @@ RESULT_COLUMNS = [
     "n_pairs",
 ]
 _CELL_KEYS = ["fr_model", "detector", "benchmark", "method", "fmr", "threshold"]
-_VARIANT_ORDER = {"B": 0, "T": 1}
+_VARIANT_ORDER = {"B": 0, "C": 1, "T": 2}
 
 
 def check_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +162,29 @@ def pauc_table(
     return _wide(_cell_selection(results, fr_model, detector, fmr, threshold), results, "pauc")
 
 
+def interval_table(
+    results: pd.DataFrame,
+    fr_model: str,
+    detector: str,
+    *,
+    fmr: float = 1e-3,
+    threshold: str = "recomputed",
+) -> pd.DataFrame:
+    """``[low, high]`` of every (method, variant) on every benchmark (strings; empty where
+    no interval was computed), rows in ``pauc_table``'s order: the intervals beside it."""
+    sel = _cell_selection(results, fr_model, detector, fmr, threshold)
+    text = [("" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.3f}, {hi:.3f}]")
+            for lo, hi in zip(sel["pauc_low"].astype(float), sel["pauc_high"].astype(float),
+                              strict=True)]
+    wide = sel.assign(interval=text).pivot(index=["method", "variant"], columns="benchmark",
+                                           values="interval")
+    benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
+    wide = wide.reindex(index=_row_order(wide.index, results), columns=benchmarks)
+    wide.index = pd.MultiIndex.from_tuples(wide.index.tolist(), names=["method", "variant"])
+    wide.columns.name = None
+    return wide.fillna("")
+
+
 def _cell_selection(results: pd.DataFrame, fr_model: str, detector: str, fmr: float,
                     threshold: str) -> pd.DataFrame:
     sel = _select(results, fr_model=fr_model, detectors=[detector], fmr=fmr, threshold=threshold)
@@ -169,10 +195,12 @@ def _cell_selection(results: pd.DataFrame, fr_model: str, detector: str, fmr: fl
 
 def fnmr0_table(results: pd.DataFrame, fr_model: str, detector: str, **mode: Any
                 ) -> pd.DataFrame:
-    """FNMR before discarding and pairs scored, per benchmark: the footer of a pAUC table.
+    """FNMR before discarding, the failing mated pairs it rests on, pairs scored and the
+    random-quality interval, per benchmark: the footer (noise floor) of a pAUC table.
 
     pAUC is normalised by FNMR(0), so the same pAUC means more on a benchmark with higher
-    FNMR(0); the reader needs both. Values come from the ``none`` row when present (all
+    FNMR(0), and little when FNMR(0) rests on a handful of failing pairs; the reader needs
+    both. Values come from the ``none`` row when present (all
     methods share the pairs), else the first row of each benchmark. ``mode``: ``fmr`` and
     ``threshold`` as for :func:`pauc_table`.
     """
@@ -181,10 +209,49 @@ def fnmr0_table(results: pd.DataFrame, fr_model: str, detector: str, **mode: Any
     sel = sel.assign(_pref=(sel["method"] != "none").astype(int)).sort_values(
         "_pref", kind="stable"
     )
-    first = sel.groupby("benchmark", sort=False)[["fnmr0", "n_pairs"]].first()
+    cols = {"fnmr0": "FNMR(0)", "n_fail0": "failing mated pairs", "n_pairs": "pairs"}
+    cols = {k: v for k, v in cols.items() if k in sel.columns}
+    first = sel.groupby("benchmark", sort=False)[list(cols)].first()
     benchmarks = [b for b in pd.unique(results["benchmark"]) if b in first.index]
     out = first.loc[benchmarks].astype(object).T
-    out.index = pd.Index(["FNMR(0)", "pairs"])
+    out.index = pd.Index(list(cols.values()))
+    rnd = sel[sel["method"] == "random"].groupby("benchmark", sort=False)[
+        ["pauc_low", "pauc_high"]].first()
+    if not rnd.empty:  # the noise floor: where random qualities land (quantiles over seeds)
+        rnd = rnd.reindex(benchmarks)
+        out.loc["random low"] = rnd["pauc_low"].astype(object)
+        out.loc["random high"] = rnd["pauc_high"].astype(object)
+    out.columns.name = None
+    return out
+
+
+def misaligned_footer(
+    results: pd.DataFrame,
+    detectors: Sequence[str],
+    *,
+    reference: str,
+    fr_model: str | None = None,
+    fmr: float = 1e-3,
+    threshold: str = "recomputed",
+) -> pd.DataFrame:
+    """The noise floor under ``combined_misaligned_table``, per benchmark over the
+    misaligned detectors: FNMR(0) (mean), the fewest failing mated pairs, the pairs scored
+    (fewest), and the widest random-quality range (lowest low, highest high)."""
+    dets = [d for d in detectors if d != reference]
+    sel = _select(results, fr_model=fr_model, detectors=dets, fmr=fmr, threshold=threshold)
+    rows = {}
+    by = sel[sel["method"] == "none"].groupby("benchmark", sort=False)
+    if "fnmr0" in sel.columns:
+        rows["FNMR(0) (mean)"] = by["fnmr0"].mean()
+    if "n_fail0" in sel.columns:
+        rows["failing mated pairs (fewest)"] = by["n_fail0"].min()
+    rows["pairs (fewest)"] = by["n_pairs"].min()
+    rnd = sel[sel["method"] == "random"].groupby("benchmark", sort=False)
+    if len(sel[sel["method"] == "random"]):
+        rows["random low (lowest)"] = rnd["pauc_low"].min()
+        rows["random high (highest)"] = rnd["pauc_high"].max()
+    benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
+    out = pd.DataFrame({k: v.reindex(benchmarks) for k, v in rows.items()}).T.astype(object)
     out.columns.name = None
     return out
 
@@ -193,19 +260,21 @@ def combined_misaligned_table(
     results: pd.DataFrame,
     detectors: Sequence[str] | None = None,
     *,
+    reference: str,
     fr_model: str | None = None,
     fmr: float = 1e-3,
     threshold: str = "recomputed",
 ) -> pd.DataFrame:
     """pAUC averaged over the misaligned detectors (every one but ``reference``), Table VI.
 
-    ``detectors`` defaults to all in ``results``; ``reference`` is excluded even if listed.
+    ``detectors`` defaults to all in ``results``; ``reference`` (the training alignment,
+    params ``landmarks.training_detector``) is excluded even if listed.
     A (method, variant, benchmark) cell missing for some detector is NaN rather than an
     average over fewer detectors.
     """
     fr_model = _single_fr_model(results, fr_model)
     pool = detectors if detectors is not None else pd.unique(results["detector"]).tolist()
-    dets = [d for d in pool if d != REFERENCE_DETECTOR]
+    dets = [d for d in pool if d != reference]
     if not dets:
         raise ValueError("no misaligned detector to average over")
     sel = _select(results, fr_model=fr_model, detectors=dets, fmr=fmr, threshold=threshold)
@@ -269,33 +338,48 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
-def bt_pairs(results: pd.DataFrame, *, misaligned_only: bool = False) -> pd.DataFrame:
-    """One row per (fr_model, detector, benchmark, method, fmr, threshold) with both B and T.
+def _misaligned(frame: pd.DataFrame, misaligned_only: bool, reference: str | None
+                ) -> pd.DataFrame:
+    if not misaligned_only:
+        return frame
+    if reference is None:
+        raise ValueError("misaligned_only needs the reference (training) detector")
+    return frame[frame["detector"] != reference]
 
-    Columns: the keys, ``pauc_B``, ``pauc_T``, ``low_B``/``high_B``, ``low_T``/``high_T``
-    and ``delta`` = pauc_T - pauc_B (negative: the alignment-invariant model is better).
+
+def bt_pairs(results: pd.DataFrame, *, misaligned_only: bool = False,
+             reference: str | None = None, baseline: str = "B") -> pd.DataFrame:
+    """One row per (fr_model, detector, benchmark, method, fmr, threshold) with both
+    ``baseline`` (B, or C) and T.
+
+    Columns: the keys, ``pauc_<baseline>``, ``pauc_T``, ``low_<baseline>``/``high_<...>``,
+    ``low_T``/``high_T`` and ``delta`` = pauc_T - pauc_<baseline> (negative: the
+    alignment-invariant model is better). ``misaligned_only`` leaves out ``reference``.
     """
     check_results(results)
-    labels = results[results["variant"].isin(["B", "T"])]
-    if misaligned_only:
-        labels = labels[labels["detector"] != REFERENCE_DETECTOR]
+    labels = _misaligned(results[results["variant"].isin([baseline, "T"])], misaligned_only,
+                         reference)
     cols = {"pauc": "pauc", "pauc_low": "low", "pauc_high": "high"}
     parts = []
-    for variant in ("B", "T"):
+    for variant in (baseline, "T"):
         part = labels[labels["variant"] == variant][[*_CELL_KEYS, *cols]]
         parts.append(part.rename(columns={k: f"{v}_{variant}" for k, v in cols.items()}))
     out = parts[0].merge(parts[1], on=_CELL_KEYS, how="inner")
-    out["delta"] = out["pauc_T"] - out["pauc_B"]
+    out["delta"] = out["pauc_T"] - out[f"pauc_{baseline}"]
     return out.reset_index(drop=True)
 
 
-def win_share(results: pd.DataFrame, misaligned_only: bool = True) -> pd.DataFrame:
-    """Share of (fr_model, method, detector, benchmark) cells where T's pAUC is below B's.
+def win_share(results: pd.DataFrame, misaligned_only: bool = True, *,
+              reference: str | None = None, baseline: str = "B") -> pd.DataFrame:
+    """Share of (fr_model, method, detector, benchmark) cells where T's pAUC is below the
+    ``baseline`` variant's (B or C).
 
-    One row per (fmr, threshold) mode with ``n_cells``, ``n_wins`` and ``win_share``. Ties
-    count as no win; cells where either pAUC is NaN are left out of ``n_cells``.
+    One row per (fmr, threshold) mode with ``n_cells``, ``n_wins`` and ``win_share`` (the
+    summary adds the sign test). Ties count as no win; cells where either pAUC is NaN are
+    left out of ``n_cells``.
     """
-    pairs = bt_pairs(results, misaligned_only=misaligned_only)
+    pairs = bt_pairs(results, misaligned_only=misaligned_only, reference=reference,
+                     baseline=baseline)
     pairs = pairs[pairs["delta"].notna()]
     rows = []
     for fmr, threshold in mode_order(results):
@@ -318,9 +402,12 @@ def significant_differences(
     results: pd.DataFrame,
     *,
     misaligned_only: bool = False,
+    reference: str | None = None,
     differences: pd.DataFrame | None = None,
+    baseline: str = "B",
 ) -> pd.DataFrame:
-    """B-vs-T cells whose difference exceeds the bootstrap noise, with ``better`` = B or T.
+    """Baseline-vs-T cells (baseline B or C) whose difference exceeds the bootstrap noise,
+    with ``better`` = the baseline or T (uncorrected; see ``holm_significance``).
 
     Without ``differences`` a cell counts when the two intervals do not overlap, which is
     conservative (B and T are scored on the same pairs, so their errors correlate).
@@ -328,24 +415,27 @@ def significant_differences(
     ``report.paired_pauc_difference``) switches to the paired test: the interval of
     pauc_T - pauc_B excludes 0. Adds a ``test`` column naming the rule used.
     """
-    pairs = bt_pairs(results, misaligned_only=misaligned_only)
+    pairs = bt_pairs(results, misaligned_only=misaligned_only, reference=reference,
+                     baseline=baseline)
     if differences is not None:
         missing = {*_CELL_KEYS, "delta_low", "delta_high"} - set(differences.columns)
         if missing:
             raise ValueError(f"differences lack columns {sorted(missing)}")
+        if "baseline" in differences.columns:
+            differences = differences[differences["baseline"] == baseline]
         diffs = differences[[*_CELL_KEYS, "delta_low", "delta_high"]].copy()
         diffs["fmr"] = diffs["fmr"].astype(np.float64)
         pairs = pairs.assign(fmr=pairs["fmr"].astype(np.float64))
         pairs = pairs.merge(diffs, on=_CELL_KEYS, how="inner")
         t_better = pairs["delta_high"] < 0
         b_better = pairs["delta_low"] > 0
-        test = "paired bootstrap of pauc_T - pauc_B excludes 0"
+        test = f"paired bootstrap of pauc_T - pauc_{baseline} excludes 0"
     else:
-        t_better = pairs["high_T"] < pairs["low_B"]
-        b_better = pairs["high_B"] < pairs["low_T"]
-        test = "B and T intervals do not overlap"
+        t_better = pairs["high_T"] < pairs[f"low_{baseline}"]
+        b_better = pairs[f"high_{baseline}"] < pairs["low_T"]
+        test = f"{baseline} and T intervals do not overlap"
     out = pairs[t_better | b_better].copy()
-    out["better"] = np.where(t_better[t_better | b_better], "T", "B")
+    out["better"] = np.where(t_better[t_better | b_better], "T", baseline)
     out["test"] = test
     rank = {m: i for i, m in enumerate(mode_order(out))}
     out["_mode"] = [rank[(float(f), str(t))] for f, t in zip(out["fmr"], out["threshold"],

@@ -93,3 +93,16 @@ def test_second_network_adds_columns(tmp_path) -> None:
     text = md.read_text()
     assert "EVERY detector" in text and "fnmr_1e-03_n2" in text
     assert pd.read_csv(csv).shape == table.shape
+
+
+def test_a_split_with_one_person_has_no_nonmated_pair_and_says_so() -> None:
+    from aikd.evaluation.alignment import NoPairsError
+
+    one = manifest()
+    one = one[one["identity"].isin(["A", "T"])]
+    meta, vecs = embeddings(False)
+    keep = meta["path"].str.startswith("A/").to_numpy()
+    emb = {("good", "net"): (meta[keep].reset_index(drop=True), vecs[keep])}
+    with pytest.raises(NoPairsError, match="3 mated and 0 non-mated"):
+        alignment_table(one, emb, split="val", fmrs=[0.01], max_images_per_identity=None,
+                        n_nonmated=None, seed=0)

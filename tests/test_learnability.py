@@ -61,3 +61,21 @@ def test_learnability_ridge_learns_a_linear_label_and_constant_is_a_floor() -> N
     assert m["const_val_l1"] == pytest.approx(np.mean(np.abs(t_val - np.median(t_train))))
     assert "ridge_val_l1" in m and "ridge_alpha" in m
     assert "ridge_val_spearman" not in learnability_metrics(noisy_student, t_val, t_train)
+
+
+def test_learnability_table_reads_each_runs_metrics(tmp_path) -> None:
+    import json
+
+    from aikd.distill.learnability import learnability_table, write_learnability
+
+    figures = {"val_spearman": 0.6, "ridge_val_spearman": 0.4, "val_l1": 0.15,
+               "ridge_val_l1": 0.18, "const_val_l1": 0.25}
+    (tmp_path / "crfiqa-T").mkdir()
+    (tmp_path / "crfiqa-T" / "metrics.json").write_text(json.dumps({"metrics": figures}))
+    runs = {"crfiqa-T": {"labels": "crfiqa", "variant": "T"},
+            "crfiqa-B": {"labels": "crfiqa", "variant": "B"}}  # not trained: left out
+    table = learnability_table(runs, tmp_path)
+    assert table["run"].tolist() == ["crfiqa-T"]
+    assert table.iloc[0]["val_spearman"] == 0.6 and bool(table.iloc[0]["beats_ridge"])
+    csv, md = write_learnability(table, tmp_path / "out")
+    assert "ridge" in md.read_text() and csv.read_text().startswith("run,labels,variant")

@@ -9,12 +9,16 @@ and by Spearman's rho (the order is what the EDC uses).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
-__all__ = ["RIDGE_ALPHAS", "fit_ridge", "label_fit", "learnability_metrics"]
+__all__ = ["LEARNABILITY_COLUMNS", "RIDGE_ALPHAS", "fit_ridge", "label_fit",
+           "learnability_metrics", "learnability_table", "write_learnability"]
 
 #: Ridge penalties tried; the one with the lowest leave-one-out error on TRAINING images wins.
 RIDGE_ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
@@ -100,3 +104,44 @@ def learnability_metrics(
         out["ridge_val_l1"], out["ridge_val_spearman"] = label_fit(pred, target_val)
         out["ridge_alpha"] = float(alpha)
     return out
+
+
+#: Columns of the learnability table, in order (NaN where a run did not log a figure).
+LEARNABILITY_COLUMNS = ["run", "labels", "variant", "val_spearman", "ridge_val_spearman",
+                        "val_l1", "ridge_val_l1", "const_val_l1", "beats_ridge"]
+
+
+def learnability_table(runs: dict[str, dict[str, str]], metrics_dir: str | Path) -> pd.DataFrame:
+    """One row per distill run from ``<metrics_dir>/<run>/metrics.json``: the student's fit to
+    its labels on validation people beside the constant and the ridge probe."""
+    rows = []
+    for run, spec in runs.items():
+        path = Path(metrics_dir) / run / "metrics.json"
+        if not path.is_file():  # a run not trained (yet): no row, said once
+            print(f"learnability: {path} not found, run {run!r} left out")
+            continue
+        m = json.loads(path.read_text()).get("metrics", {})
+        row = {"run": run, "labels": spec.get("labels"), "variant": spec.get("variant")}
+        for key in LEARNABILITY_COLUMNS[3:-1]:
+            value = m.get(key)
+            row[key] = math.nan if value is None else float(value)
+        row["beats_ridge"] = bool(row["val_spearman"] > row["ridge_val_spearman"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=LEARNABILITY_COLUMNS)
+
+
+def write_learnability(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """``learnability.csv`` and ``.md`` (with what the floors mean)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / "learnability.csv", out / "learnability.md"
+    table.to_csv(csv, index=False)
+    md.write_text(
+        "# Do the students learn their labels?\n\n"
+        "Validation people, faces as aligned by the training alignment (no jitter); targets "
+        "are the rank-normalised pseudo labels. `val_*`: the trained student; `ridge_*`: a "
+        "ridge regression on the frozen teacher's embedding, fitted on the run's training "
+        "images (penalty by leave-one-out on them), the floor a fine-tuned student must "
+        "beat; `const_val_l1`: the training median as the prediction (its Spearman is "
+        "undefined).\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    return [csv, md]

@@ -348,6 +348,9 @@ def _write_tables(
 def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
     """DVC stage `report`: tables (CSV + Markdown), EDC PNGs, summary and
     metrics/evaluation.json from the evaluate stage's output, logged to MLflow."""
+    import mlflow
+
+    from aikd.distill.learnability import learnability_table, write_learnability
     from aikd.tracking import stage_run
 
     settings = evaluate_settings(params)
@@ -366,5 +369,10 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
                                reference=settings.training_detector(params),
                                differences=diffs if len(diffs) else None,
                                reports_subdir=settings.reports_dir)
+        distill = section(params, "distill")
+        table = learnability_table(distill["runs"], distill["out_dir"])
+        for path in write_learnability(table, settings.reports_dir) if len(table) else []:
+            written[path.as_posix()] = path
+            mlflow.log_artifact(str(path))
     print((Path(settings.reports_dir) / "summary.md").read_text())
     return written

@@ -369,7 +369,7 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
                                reference=settings.training_detector(params),
                                differences=diffs if len(diffs) else None,
                                reports_subdir=settings.reports_dir)
-        distill = section(params, "distill")
+        distill = params.get("distill") or {"runs": {}, "out_dir": "models"}
         table = learnability_table(distill["runs"], distill["out_dir"])
         for path in write_learnability(table, settings.reports_dir) if len(table) else []:
             written[path.as_posix()] = path

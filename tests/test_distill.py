@@ -480,10 +480,15 @@ def test_resume_reproduces_uninterrupted_run(tiny_run, train_with_bad, val_rows,
     b = torch.load(second.model_path, weights_only=True)
     for part in ("backbone_state", "head_state"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    shutil.rmtree(out / "checkpoints" / "step_0000004")
     with pytest.raises(ValueError, match="config changed"):
-        shutil.rmtree(out / "checkpoints" / "step_0000004")
         train_distill(DistillConfig(**{**TINY, "lr": 0.01}), train_with_bad, val_rows, out,
                       resume=True)
+    # Same config, other data (e.g. new splits or relabelled images): refused as well,
+    # never a silent continuation of a run on other images.
+    relabelled = train_with_bad.assign(quality=train_with_bad["quality"][::-1].to_numpy())
+    with pytest.raises(ValueError, match=r"config changed \(data:"):
+        train_distill(DistillConfig(**TINY), relabelled, val_rows, out, resume=True)
 
 
 def test_module_entry_point_reports_an_unknown_run(tmp_path):

@@ -8,6 +8,7 @@ random-number streams, and with them the weights, are the same on every run and 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -42,6 +43,7 @@ from aikd.distill.data import (
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import build_models, state_digest, to_channels_last
 from aikd.distill.teacher import read_teacher_cache, teacher_embed_rows
+from aikd.landmarks.base import POINT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,10 @@ def prepare_run(
     trainable = [p for p in accelerator.unwrap_model(student).parameters() if p.requires_grad]
     # The global batch is batch_size x processes: a resume with another process count
     # would silently continue another run, so the count is part of what must not change.
-    resumable = {**cfg.to_dict(), "processes": accelerator.num_processes}
+    # The data too: a checkpoint of a run on other images, labels or landmarks (new
+    # splits, relabelled data) must not be resumed under the same config.
+    resumable = {**cfg.to_dict(), "processes": accelerator.num_processes,
+                 "data": data_fingerprint(train, val)}
     state = TrainState(resumable)
     accelerator.register_for_checkpointing(warm_sched, swa_sched, swa_model, state)
     if resume:
@@ -238,6 +243,17 @@ def _loader(cfg: DistillConfig, accelerator: Accelerator, dataset: DistillDatase
         persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
         pin_memory=accelerator.device.type == "cuda",
     )
+
+
+def data_fingerprint(train: pd.DataFrame, val: pd.DataFrame) -> str:
+    """A digest of what a run learns from: the training rows' paths, labels and landmarks
+    and the validation rows' paths and labels (row order included: it fixes the batches)."""
+    digest = hashlib.sha256()
+    for frame in (train, val):
+        cols = [c for c in ("path", "quality", *POINT_COLUMNS) if c in frame.columns]
+        digest.update(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
 
 
 def subset_rows(rows: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

@@ -1,0 +1,106 @@
+"""Print the README's result tables from what `dvc repro` wrote (no number typed by hand).
+
+Usage: python scripts/readme_tables.py [--params params.yaml]
+
+Reads reports/evaluation/{results_long,benchmarks,learnability}.csv,
+data/evaluation/differences.parquet and reports/landmarks/alignment_fnmr.csv and prints
+Markdown blocks: the benchmarks, the primary-setting pAUC per cell with its person-level
+interval, the paired T-B / T-C differences, and the learnability of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+VARIANT_ORDER = {"-": 0, "B": 1, "C": 2, "T": 3}
+
+
+def _cell(p: float, lo: float, hi: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{p:.3f} [{lo:.2f}, {hi:.2f}]"
+    return f"{p:.3f}"
+
+
+def primary_table(results: pd.DataFrame, fmr: float, threshold: str, detectors: list[str],
+                  benchmarks: list[str]) -> str:
+    sel = results[(results["fmr"].sub(fmr).abs() < 1e-12) & (results["threshold"] == threshold)
+                  & (results["method"] != "none")]
+    cols = [(b, d) for b in benchmarks for d in detectors]
+    rows = sorted({(m, v) for m, v in zip(sel["method"], sel["variant"], strict=True)},
+                  key=lambda mv: (mv[0] != "random", mv[0], VARIANT_ORDER.get(mv[1], 9)))
+    head = "| method | variant | " + " | ".join(f"{b} {d}" for b, d in cols) + " |"
+    lines = [head, "|---|---|" + "---|" * len(cols)]
+    idx = sel.set_index(["method", "variant", "benchmark", "detector"])
+    for m, v in rows:
+        cells = []
+        for b, d in cols:
+            if (m, v, b, d) in idx.index:
+                r = idx.loc[(m, v, b, d)]
+                cells.append(_cell(float(r["pauc"]), float(r["pauc_low"]), float(r["pauc_high"])))
+            else:
+                cells.append("—")
+        lines.append(f"| {m} | {v} | " + " | ".join(cells) + " |")
+    floor = sel[sel["method"] == "random"].set_index(["benchmark", "detector"])
+    fnmr = [f"{100 * float(floor.loc[(b, d), 'fnmr0']):.1f} % ({int(floor.loc[(b, d), 'n_fail0'])})"
+            if (b, d) in floor.index else "—" for b, d in cols]
+    lines.append("| *FNMR(0) (failing mated pairs)* | | " + " | ".join(fnmr) + " |")
+    return "\n".join(lines)
+
+
+def differences_table(diffs: pd.DataFrame, fmr: float, threshold: str,
+                      training: str) -> str:
+    sel = diffs[(diffs["fmr"].sub(fmr).abs() < 1e-12) & (diffs["threshold"] == threshold)
+                & (diffs["detector"] != training)].copy()
+    keep = [c for c in ("baseline", "method", "benchmark", "detector", "delta", "delta_low",
+                        "delta_high", "p_value") if c in sel.columns]
+    sel = sel[keep].sort_values([c for c in ("baseline", "method", "benchmark", "detector")
+                                 if c in sel.columns])
+    return sel.to_markdown(index=False, floatfmt=".3f")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params = yaml.safe_load(Path(args.params).read_text())
+    ev = params["evaluate"]
+    reports = Path(ev["reports_dir"])
+    primary = ev["primary"]
+    fmr, threshold = float(primary["fmr"]), str(primary["threshold"])
+    training = params["landmarks"]["training_detector"]
+    detectors = [training] + [d for d in ev["detectors"] if d != training]
+    results = pd.read_csv(reports / "results_long.csv")
+    print("## Benchmarks\n")
+    print(pd.read_csv(reports / "benchmarks.csv").to_markdown(index=False, floatfmt=".4f"))
+    for group in (["lfw-id", "ytf-id"], ["lfw-view2"]):
+        benches = [b for b in group if b in set(results["benchmark"])]
+        if benches:
+            title = f"Primary setting (FMR {fmr:g}, {threshold} threshold)"
+            print(f"\n## {title}: {', '.join(benches)}\n")
+            print(primary_table(results, fmr, threshold, detectors, benches))
+    diff_path = Path(ev["out_dir"]) / "differences.parquet"
+    if diff_path.is_file():
+        print("\n## Paired differences (misaligned cells, primary setting)\n")
+        print(differences_table(pd.read_parquet(diff_path), fmr, threshold, training))
+    learn = reports / "learnability.csv"
+    if learn.is_file():
+        print("\n## Learnability\n")
+        print(pd.read_csv(learn).to_markdown(index=False, floatfmt=".3f"))
+    align = Path(params["alignment"]["out_dir"]) / "alignment_fnmr.csv"
+    if align.is_file():
+        table = pd.read_csv(align)
+        cols = ["dataset", "detector", "n_people", "n_mated", "n_nonmated"] + [
+            c for c in table.columns if c.startswith(("fnmr_", "n_fail_"))]
+        print("\n## Alignment study (validation people)\n")
+        print(table[cols].to_markdown(index=False, floatfmt=".4f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -51,14 +51,14 @@ def test_alignment_table_known_fnmr() -> None:
     # 12 images of 4 people: 4 x 3 = 12 mated, (144 - 4*9) / 2 = 54 non-mated
     assert (table["n_mated"] == 12).all() and (table["n_nonmated"] == 54).all()
     assert (table["n_images"] == 12).all() and (table["n_people"] == 4).all()
-    assert rows.loc["good", "fnmr_1e-02_net"] == 0.0
+    assert rows.loc["good", "fnmr_1e-2_net"] == 0.0
     # bad: non-mated max = 1/sqrt2 (A/2 with B's 3 images); FMR 1e-2 and 5e-2 keep that as
     # threshold (m = 0 and 2), so A/2's two mated pairs (cosine 1/sqrt2) fail; at FMR 0.1
     # m = 5 lands on a 0 similarity and nothing fails
-    assert rows.loc["bad", "fnmr_1e-02_net"] == pytest.approx(2 / 12)
-    assert rows.loc["bad", "n_fail_1e-02_net"] == 2
-    assert rows.loc["bad", "fnmr_5e-02_net"] == pytest.approx(2 / 12)
-    assert rows.loc["bad", "fnmr_1e-01_net"] == 0.0
+    assert rows.loc["bad", "fnmr_1e-2_net"] == pytest.approx(2 / 12)
+    assert rows.loc["bad", "n_fail_1e-2_net"] == 2
+    assert rows.loc["bad", "fnmr_5e-2_net"] == pytest.approx(2 / 12)
+    assert rows.loc["bad", "fnmr_1e-1_net"] == 0.0
 
 
 def test_only_images_every_detector_embedded() -> None:
@@ -75,7 +75,7 @@ def test_only_images_every_detector_embedded() -> None:
     assert (table["n_mated"] == 10).all() and (table["n_nonmated"] == 45).all()
     assert rows.loc["lossy", "n_no_landmarks"] == 1 and rows.loc["good", "n_no_landmarks"] == 0
     assert (table["n_no_embedding_net"] == 0).all()
-    assert rows.loc["bad", "fnmr_1e-02_net"] == pytest.approx(2 / 10)
+    assert rows.loc["bad", "fnmr_1e-2_net"] == pytest.approx(2 / 10)
     # a sample of non-mated pairs: exactly that many, same for every detector
     sampled = alignment_table(manifest(), emb, split="val", fmrs=[0.01],
                               max_images_per_identity=None, n_nonmated=20, seed=3)
@@ -87,11 +87,11 @@ def test_second_network_adds_columns(tmp_path) -> None:
            ("good", "n2"): embeddings(True), ("bad", "n2"): embeddings(False)}
     table = alignment_table(manifest(), emb, split="val", fmrs=[0.001],
                             max_images_per_identity=2)
-    assert {"fnmr_1e-03_n1", "fnmr_1e-03_n2", "n_fail_1e-03_n2"} <= set(table.columns)
+    assert {"fnmr_1e-3_n1", "fnmr_1e-3_n2", "n_fail_1e-3_n2"} <= set(table.columns)
     csv, md = write_alignment_report(table, tmp_path, split="val",
                                      max_images_per_identity=2, fmrs=[0.001])
     text = md.read_text()
-    assert "EVERY detector" in text and "fnmr_1e-03_n2" in text
+    assert "EVERY detector" in text and "fnmr_1e-3_n2" in text
     assert pd.read_csv(csv).shape == table.shape
 
 

@@ -8,6 +8,7 @@ from scipy import stats
 
 from aikd.evaluation.stats import (
     bootstrap_p_value,
+    bootstrap_z_p_value,
     holm,
     pair_multiplicity,
     person_codes,
@@ -118,3 +119,20 @@ def test_resample_weights_person_and_pair():
         assert w.tolist() == [draws[0], draws[1], draws[0] * draws[1]]
     pairs = list(resample_weights(5, None, None, 0, 2, 1))
     assert all(w.sum() == 5 for w in pairs)
+
+
+def test_bootstrap_z_p_value_against_normal_tail():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(-0.05, 0.01, size=400)
+    se = np.std(deltas, ddof=1)
+    # a difference 5 SE from zero: far below the percentile p-value's floor of 2 / 401
+    assert bootstrap_z_p_value(-0.05, deltas) == pytest.approx(2 * stats.norm.cdf(-0.05 / se))
+    assert bootstrap_z_p_value(-0.05, deltas) < 1e-5 < bootstrap_p_value(deltas)
+    assert bootstrap_z_p_value(0.0, deltas) == pytest.approx(1.0)
+    # hand case: sd of [-1, 1] is sqrt(2), delta 1.96 * sqrt(2) -> p = 0.05
+    assert bootstrap_z_p_value(1.959964 * np.sqrt(2), np.array([-1.0, 1.0])) == pytest.approx(
+        0.05, abs=1e-6)
+    assert np.isnan(bootstrap_z_p_value(0.1, np.array([0.1])))
+    assert bootstrap_z_p_value(0.0, np.zeros(5)) == 1.0

@@ -11,7 +11,7 @@ conventions of ``aikd.evaluation.edc`` (``edc_curve`` at discard rate 0: the thr
 the ``floor(f * n)``-th highest non-mated similarity, a pair matches iff similarity >
 threshold).
 
-Column names carry the FMR and the network (``fnmr_1e-03_dlib_resnet``), so a second FR
+Column names carry the FMR and the network (``fnmr_1e-3_dlib_resnet``), so a second FR
 network adds columns to the same table.
 """
 
@@ -26,17 +26,13 @@ import pandas as pd
 
 from aikd.evaluation.benchmarks import cap_per_person, identity_pairs, pair_scores, person_of
 from aikd.evaluation.edc import edc_curve
+from aikd.naming import fmr_tag
 
-__all__ = ["NoPairsError", "alignment_table", "fmr_label", "fnmr_at_fmr", "write_alignment_report"]
+__all__ = ["NoPairsError", "alignment_table", "fnmr_at_fmr", "write_alignment_report"]
 
 
 class NoPairsError(ValueError):
     """A data set's split has no mated or no non-mated pair (e.g. one person)."""
-
-
-def fmr_label(fmr: float) -> str:
-    """``0.001`` -> ``1e-03``: the FMR as written in column names."""
-    return f"{float(fmr):.0e}"
 
 
 def fnmr_at_fmr(similarity: np.ndarray, mated: np.ndarray, fmr: float) -> tuple[float, float, int]:
@@ -136,8 +132,8 @@ def alignment_table(
             sim_mated = scored.pairs["mated"].to_numpy(dtype=bool)
             for fmr in fmrs:
                 fnmr, _, n_fail = fnmr_at_fmr(scored.similarity, sim_mated, fmr)
-                row[f"fnmr_{fmr_label(fmr)}_{net}"] = fnmr
-                row[f"n_fail_{fmr_label(fmr)}_{net}"] = n_fail
+                row[f"fnmr_{fmr_tag(fmr)}_{net}"] = fnmr
+                row[f"n_fail_{fmr_tag(fmr)}_{net}"] = n_fail
         rows.append(row)
     return pd.DataFrame(rows)
 

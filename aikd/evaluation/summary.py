@@ -126,7 +126,7 @@ def holm_significance(differences: pd.DataFrame, *, fmr: float, threshold: str,
     """The paired differences of one mode on the misaligned detectors, Holm-corrected.
 
     ``differences`` has one row per cell and comparison (``baseline`` B or C, absent: B)
-    with ``delta`` and ``p_value`` (two-sided bootstrap). The family is every misaligned
+    with ``delta`` and ``p_value`` (two-sided, bootstrap-SE z-test). The family is every misaligned
     cell of one comparison: Holm's step-down adjustment is applied per ``baseline``.
     Adds ``p_holm`` and ``better`` (``T``, the baseline, or ``-`` when p_holm >= alpha).
     """

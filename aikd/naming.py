@@ -1,6 +1,8 @@
 """Names that travel between stages: run names and metric names.
 
-A run is ``<label method>-<variant>`` (``sddfiqa-T``); a validation pAUC metric is
+A run is ``<label method>-<variant>`` (``sddfiqa-T``), one trained model of it is
+``<run>@s<seed>`` (``sddfiqa-T@s1``: its quality column, stage argument and folder
+``<distill.out_dir>/<run>/seed<seed>``); a validation pAUC metric is
 ``<prefix>_fmr<tag>[_<detector>]`` (``val_pauc_fmr1e-3_retinaface``). Training writes
 these names, tuning, the registry and the reports read them back: one home, so that
 writer and readers cannot drift apart.
@@ -31,6 +33,32 @@ def split_run_name(name: str, *, variants: tuple[str, ...] = TRAINED_VARIANTS) -
         raise ValueError(f"run name {name!r} is not <label method>-<variant> with variant in "
                          f"{', '.join(variants)} (e.g. serfiq-T, crfiqa-B)")
     return method, variant
+
+
+#: Separates a run from its training seed in a trained model's name: ``sddfiqa-T@s1``.
+SEED_MARK = "@s"
+
+
+def seeded_name(run: str, seed: int) -> str:
+    """``(sddfiqa-T, 1)`` -> ``sddfiqa-T@s1``: one trained model of a run."""
+    return f"{run}{SEED_MARK}{int(seed)}"
+
+
+def split_seeded_name(name: str) -> tuple[str, int | None]:
+    """``sddfiqa-T@s1`` -> (``sddfiqa-T``, 1); a name without a seed -> (name, None), so
+    quality tables written before seeds existed still read as one unseeded model."""
+    run, sep, seed = name.rpartition(SEED_MARK)
+    if not sep:
+        return name, None
+    if not run or not seed.isdigit():
+        raise ValueError(f"model name {name!r} is not <run>{SEED_MARK}<seed> with a "
+                         f"non-negative integer seed (e.g. sddfiqa-T{SEED_MARK}1)")
+    return run, int(seed)
+
+
+def seed_folder(seed: int) -> str:
+    """``1`` -> ``seed1``: the folder of one seed's model under its run's folder."""
+    return f"seed{int(seed)}"
 
 
 def fmr_tag(fmr: float) -> str:

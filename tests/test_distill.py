@@ -530,3 +530,36 @@ def test_stage_reads_its_keys_typed():
         run_spec({"distill": {**section, "runs": {"x-T": {"labels": "x"}}}}, "x-T")
     with pytest.raises(ValueError, match="unknown distill config keys"):
         run_config({"distill": {**section, "lrr": 1}}, "a-T")
+
+
+def test_every_run_is_trained_once_per_seed_into_its_own_folder():
+    """params ``train_seeds``: one model per (run, seed), named ``<run>@s<seed>``, in
+    ``<out_dir>/<run>/seed<seed>``, trained with that seed even when the section or a run's
+    overrides set another; a bare run name stands for the first seed."""
+    from aikd.distill.stage import (
+        run_config,
+        run_dir,
+        seeded_run,
+        train_seeds,
+        trained_models,
+        work_dir,
+    )
+    from aikd.errors import UsageError
+
+    section = {"out_dir": "models", "work_dir": "ckpt", "variants": {"T": {}, "B": {"w": 0.0}},
+               "runs": {"a-B": {"labels": "a", "variant": "B"},
+                        "a-T": {"labels": "a", "variant": "T", "overrides": {"seed": 9}}},
+               "val_detectors": [], "seed": 5}
+    params = {"seed": 3, "train_seeds": [2, 0], "distill": section}
+    assert trained_models(params) == {"a-B@s2": ("a-B", 2), "a-B@s0": ("a-B", 0),
+                                      "a-T@s2": ("a-T", 2), "a-T@s0": ("a-T", 0)}
+    assert run_dir(params, "a-T", 0) == Path("models/a-T/seed0")
+    assert work_dir(params, "a-T", 2) == Path("ckpt/a-T/seed2")
+    assert [run_config(params, "a-T", s).seed for s in (2, 0)] == [2, 0]
+    assert run_config(params, "a-T").seed == 9  # no training seed: the override stands
+    assert seeded_run(params, "a-T@s7") == ("a-T", 7)
+    assert seeded_run(params, "a-T") == ("a-T", 2)  # the first of train_seeds
+    assert train_seeds({"seed": 4}) == [4]  # no list: the global seed alone
+    for bad in ([], [0, 0], [-1], [1.5], [True]):
+        with pytest.raises(UsageError, match="train_seeds"):
+            train_seeds({"train_seeds": bad})

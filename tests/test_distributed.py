@@ -316,17 +316,17 @@ def test_stage_entry_publishes_once_and_logs_one_mlflow_run(rows, tmp_path):
     params = _tiny_project(tmp_path, *rows, cfg)
     proc = _launch({"mode": "cli", "argv": ["rand-T", "--params", str(params)]}, tmp_path)
     steps = N_TRAIN // (TINY["batch_size"] * WORLD)
-    assert proc.stdout.count(f"distill rand-T: {steps} steps") == 1  # published once
-    saved = torch.load(tmp_path / "models" / "rand-T" / "model.pt", weights_only=True)
+    assert proc.stdout.count(f"distill rand-T@s0: {steps} steps") == 1  # published once
+    saved = torch.load(tmp_path / "models" / "rand-T" / "seed0" / "model.pt", weights_only=True)
     assert saved["extra"]["steps"] == steps and saved["extra"]["train_images"] == N_TRAIN
-    _check_traces(_traces(tmp_path / "checkpoints" / "rand-T"), epochs=range(1))
+    _check_traces(_traces(tmp_path / "checkpoints" / "rand-T" / "seed0"), epochs=range(1))
     writes = _writes(tmp_path)
-    _only_main_publishes(writes, "checkpoints/rand-T")  # the run's work dir
-    assert {f"models/rand-T/{name}" for name in PUBLISHED} <= set(writes[0])  # published
+    _only_main_publishes(writes, "checkpoints/rand-T/seed0")  # the run's work dir
+    assert {f"models/rand-T/seed0/{name}" for name in PUBLISHED} <= set(writes[0])
     assert "mlflow.db" in writes[0]
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         runs = db.execute("SELECT run_uuid, name, status FROM runs").fetchall()
-        assert [(name, status) for _, name, status in runs] == [("distill-rand-T", "FINISHED")]
+        assert [(name, status) for _, name, status in runs] == [("distill-rand-T@s0", "FINISHED")]
         logged = db.execute("SELECT step FROM metrics WHERE key = 'loss' AND run_uuid = ?",
                             (runs[0][0],)).fetchall()
     assert sorted(s for (s,) in logged) == [steps]  # log_every 5: the last step

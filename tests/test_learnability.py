@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from aikd.distill.learnability import fit_ridge, label_fit, learnability_metrics
@@ -77,5 +78,30 @@ def test_learnability_table_reads_each_runs_metrics(tmp_path) -> None:
     table = learnability_table(runs, tmp_path)
     assert table["run"].tolist() == ["crfiqa-T"]
     assert table.iloc[0]["val_spearman"] == 0.6 and bool(table.iloc[0]["beats_ridge"])
-    csv, md = write_learnability(table, tmp_path / "out")
-    assert "ridge" in md.read_text() and csv.read_text().startswith("run,labels,variant")
+    csv, _, md = write_learnability(table, tmp_path / "out")
+    assert "ridge" in md.read_text() and csv.read_text().startswith("run,seed,labels,variant")
+
+
+def test_learnability_per_seed_and_its_mean_and_sd_over_seeds(tmp_path) -> None:
+    """With training seeds, one row per (run, seed) from models/<run>/seed<k>/, and the
+    summary's mean and SD over seeds are those of the seeds' figures."""
+    import json
+
+    from aikd.distill.learnability import learnability_table, write_learnability
+
+    for seed, rho in ((0, 0.5), (1, 0.7)):
+        folder = tmp_path / "sddfiqa-T" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"metrics": {
+            "val_spearman": rho, "ridge_val_spearman": 0.6, "val_l1": 0.1,
+            "ridge_val_l1": 0.2, "const_val_l1": 0.3}}))
+    runs = {"sddfiqa-T": {"labels": "sddfiqa", "variant": "T"}}
+    table = learnability_table(runs, tmp_path, seeds=[0, 1, 2])  # seed 2: not trained
+    assert table["seed"].tolist() == [0, 1]
+    assert table["beats_ridge"].tolist() == [False, True]
+    _, means, md = write_learnability(table, tmp_path / "out")
+    row = pd.read_csv(means).iloc[0]
+    assert row["n_seeds"] == 2 and row["val_spearman"] == pytest.approx(0.6)
+    assert row["val_spearman_sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert row["beats_ridge"] == pytest.approx(0.5)
+    assert "0.600 ± 0.141" in md.read_text()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,33 +111,77 @@ def learnability_metrics(
 #: Columns of the learnability table, in order (NaN where a run did not log a figure).
 LEARNABILITY_COLUMNS = ["run", "labels", "variant", "val_spearman", "ridge_val_spearman",
                         "val_l1", "ridge_val_l1", "const_val_l1", "beats_ridge"]
+#: The figures averaged over training seeds.
+FIGURES = LEARNABILITY_COLUMNS[3:-1]
 
 
-def learnability_table(runs: dict[str, dict[str, str]], metrics_dir: str | Path) -> pd.DataFrame:
-    """One row per distill run from ``<metrics_dir>/<run>/metrics.json``: the student's fit to
-    its labels on validation people beside the constant and the ridge probe."""
+def learnability_table(runs: dict[str, dict[str, str]], metrics_dir: str | Path,
+                       seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """One row per distill run and training seed from ``<metrics_dir>/<run>/seed<seed>/
+    metrics.json`` (``seeds`` None: ``<metrics_dir>/<run>/metrics.json``, one unseeded row,
+    as runs were laid out before seeds): the student's fit to its labels on validation
+    people beside the constant and the ridge probe. Column ``seed`` follows ``run``."""
+    from aikd.naming import seed_folder
+
     rows = []
     for run, spec in runs.items():
-        path = Path(metrics_dir) / run / "metrics.json"
-        if not path.is_file():  # a run not trained (yet): no row, said once
-            print(f"learnability: {path} not found, run {run!r} left out")
-            continue
-        m = json.loads(path.read_text()).get("metrics", {})
-        row = {"run": run, "labels": spec.get("labels"), "variant": spec.get("variant")}
-        for key in LEARNABILITY_COLUMNS[3:-1]:
-            value = m.get(key)
-            row[key] = math.nan if value is None else float(value)
-        row["beats_ridge"] = bool(row["val_spearman"] > row["ridge_val_spearman"])
+        for seed in (None,) if seeds is None else seeds:
+            folder = Path(metrics_dir) / run
+            path = (folder if seed is None else folder / seed_folder(seed)) / "metrics.json"
+            if not path.is_file():  # a run not trained (yet): no row, said once
+                print(f"learnability: {path} not found, run {run!r} left out")
+                continue
+            m = json.loads(path.read_text()).get("metrics", {})
+            row = {"run": run, "seed": seed, "labels": spec.get("labels"),
+                   "variant": spec.get("variant")}
+            for key in FIGURES:
+                value = m.get(key)
+                row[key] = math.nan if value is None else float(value)
+            row["beats_ridge"] = bool(row["val_spearman"] > row["ridge_val_spearman"])
+            rows.append(row)
+    columns = [LEARNABILITY_COLUMNS[0], "seed", *LEARNABILITY_COLUMNS[1:]]
+    table = pd.DataFrame(rows, columns=columns)
+    table["seed"] = table["seed"].astype("Int64")
+    return table
+
+
+def learnability_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: ``n_seeds``, each figure's mean over seeds and its SD
+    (``<figure>_sd``, ddof 1; NaN for one seed) and ``beats_ridge`` as the share of seeds
+    whose student beats the ridge probe."""
+    rows = []
+    for run, g in table.groupby("run", sort=False):
+        row: dict[str, Any] = {"run": run, "labels": g["labels"].iloc[0],
+                               "variant": g["variant"].iloc[0], "n_seeds": len(g)}
+        for key in FIGURES:
+            v = g[key].to_numpy(dtype=np.float64)
+            row[key] = float(v.mean())
+            row[f"{key}_sd"] = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+        row["beats_ridge"] = float(g["beats_ridge"].astype(bool).mean())
         rows.append(row)
-    return pd.DataFrame(rows, columns=LEARNABILITY_COLUMNS)
+    return pd.DataFrame(rows)
+
+
+def _mean_sd_text(summary: pd.DataFrame) -> pd.DataFrame:
+    """``0.612 ± 0.010`` per figure (the mean alone for one seed), for the Markdown."""
+    out = summary[["run", "labels", "variant", "n_seeds"]].copy()
+    for key in FIGURES:
+        out[key] = [f"{m:.3f}" if not np.isfinite(sd) else f"{m:.3f} ± {sd:.3f}"
+                    for m, sd in zip(summary[key], summary[f"{key}_sd"], strict=True)]
+    out["beats_ridge"] = [f"{b:.0%}" for b in summary["beats_ridge"]]
+    return out
 
 
 def write_learnability(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """``learnability.csv`` and ``.md`` (with what the floors mean)."""
+    """``learnability.csv`` (one row per run and seed), ``learnability_seeds.csv`` (mean and
+    SD over seeds per run) and ``learnability.md`` (mean ± SD, with what the floors mean)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "learnability.csv", out / "learnability.md"
+    means = out / "learnability_seeds.csv"
     table.to_csv(csv, index=False)
+    summary = learnability_over_seeds(table)
+    summary.to_csv(means, index=False)
     md.write_text(
         "# Do the students learn their labels?\n\n"
         "Validation people, faces as aligned by the training alignment (no jitter); targets "
@@ -143,5 +189,7 @@ def write_learnability(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         "ridge regression on the frozen teacher's embedding, fitted on the run's training "
         "images (penalty by leave-one-out on them), the floor a fine-tuned student must "
         "beat; `const_val_l1`: the training median as the prediction (its Spearman is "
-        "undefined).\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n")
-    return [csv, md]
+        "undefined). Mean ± SD over the run's training seeds (`n_seeds`; one row per seed in "
+        "learnability.csv); `beats_ridge`: the share of seeds whose student beats the "
+        "ridge.\n\n" + _mean_sd_text(summary).to_markdown(index=False) + "\n")
+    return [csv, means, md]

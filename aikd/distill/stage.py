@@ -1,4 +1,5 @@
-"""The DVC stage `distill@<run>`: one AI-KD model (T) or its no-AI-KD baseline (B).
+"""The DVC stage `distill@<run>-<seed>`: one AI-KD model (T), its no-AI-KD baseline (B)
+or its consistency-only control (C), trained with one seed of params ``train_seeds``.
 
 params.yaml's ``distill`` section holds the :class:`DistillConfig` fields shared by every
 run plus the stage's own keys (:class:`DistillStageSettings`): ``out_dir``, ``work_dir``,
@@ -7,6 +8,11 @@ run plus the stage's own keys (:class:`DistillStageSettings`): ``out_dir``, ``wo
 plain quality regression from the same code). ``val_detectors`` adds a validation pAUC
 per misaligning detector, which the registry uses to decide whether a new model beats
 the champion.
+
+Every run is trained once per seed of the top-level ``train_seeds`` (kept outside the
+``distill`` section on purpose: the stage depends on ``distill``, so adding a seed to a
+list inside it would re-train every seed already trained). One seed's model is
+``<run>@s<seed>`` (``aikd.naming.seeded_name``) in ``<out_dir>/<run>/seed<seed>/``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pandas as pd
 from aikd.config import from_mapping, section
 from aikd.distill.config import DistillConfig
 from aikd.errors import UsageError
+from aikd.naming import seed_folder, seeded_name, split_seeded_name
 
 log = logging.getLogger("aikd")
 
@@ -85,24 +92,59 @@ def config_with(params: Mapping[str, Any], *changes: Mapping[str, Any] | None) -
     return DistillConfig.from_dict(cfg)
 
 
-def run_config(params: Mapping[str, Any], run: str) -> DistillConfig:
-    """The run's DistillConfig: shared section, then its variant, then its own overrides."""
+def train_seeds(params: Mapping[str, Any]) -> list[int]:
+    """params ``train_seeds``: the seeds every run is trained with (absent: the global
+    ``seed`` alone). Distinct non-negative integers, in the order given; the first is the
+    seed a bare run name stands for (``aikd distill sddfiqa-T``, the register stage)."""
+    raw = params.get("train_seeds")
+    seeds = [params.get("seed", 0)] if raw is None else list(raw)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                        for s in seeds):
+        raise UsageError(f"params train_seeds must be a non-empty list of non-negative "
+                         f"integers, got {raw!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"params train_seeds lists a seed twice: {seeds}")
+    return [int(s) for s in seeds]
+
+
+def seeded_run(params: Mapping[str, Any], name: str) -> tuple[str, int]:
+    """``sddfiqa-T@s1`` -> (sddfiqa-T, 1); a bare ``sddfiqa-T`` is its first training seed."""
+    run, seed = split_seeded_name(name)
+    return run, train_seeds(params)[0] if seed is None else seed
+
+
+def trained_models(params: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """``{<run>@s<seed>: (run, seed)}`` for every run of ``distill.runs`` and every seed of
+    ``train_seeds``: the models the quality stage scores, run-major, seeds in order."""
+    runs = stage_settings(params).runs or {}
+    return {seeded_name(run, seed): (run, seed)
+            for run in runs for seed in train_seeds(params)}
+
+
+def run_config(params: Mapping[str, Any], run: str, seed: int | None = None) -> DistillConfig:
+    """The run's DistillConfig: shared section, then its variant, then its own overrides,
+    then ``seed`` (the training seed wins over any seed set above; None: left as set)."""
     spec = run_spec(params, run)
     variants = stage_settings(params).variants or {}
     if spec.variant not in variants:
         raise UsageError(f"distill.runs.{run}: variant {spec.variant!r} is not in "
                          f"distill.variants; use one of {', '.join(variants)} or add it there")
-    return config_with(params, variants[spec.variant], spec.overrides)
+    return config_with(params, variants[spec.variant], spec.overrides,
+                       None if seed is None else {"seed": int(seed)})
 
 
-def run_dir(params: Mapping[str, Any], run: str) -> Path:
-    """Where the finished model of a run lives (DVC-tracked, read by later stages)."""
-    return Path(stage_settings(params).out_dir) / run
+def run_dir(params: Mapping[str, Any], run: str, seed: int | None = None) -> Path:
+    """Where the finished model of a run's ``seed`` lives (DVC-tracked, read by later
+    stages): ``<out_dir>/<run>/seed<seed>``; ``seed`` None: the run's folder itself."""
+    base = Path(stage_settings(params).out_dir) / run
+    return base if seed is None else base / seed_folder(seed)
 
 
-def work_dir(params: Mapping[str, Any], run: str) -> Path:
-    """Where a run trains and keeps its checkpoints (untracked, survives a killed stage)."""
-    return Path(stage_settings(params).work_dir) / run
+def work_dir(params: Mapping[str, Any], run: str, seed: int | None = None) -> Path:
+    """Where a run's ``seed`` trains and keeps its checkpoints (untracked, survives a killed
+    stage); laid out like ``run_dir``."""
+    base = Path(stage_settings(params).work_dir) / run
+    return base if seed is None else base / seed_folder(seed)
 
 
 def labelled_rows(params: Mapping[str, Any], method: str) -> tuple[pd.DataFrame, int]:
@@ -136,14 +178,17 @@ def val_landmarks(params: Mapping[str, Any], detectors: Sequence[str]) -> dict[s
 
 
 def distill_stage(params: Mapping[str, Any], run: str, *, resume: bool = True) -> Path:
-    """Train one run into ``<out_dir>/<run>/``; an interrupted run resumes from its last
+    """Train one run's seed (``sddfiqa-T@s1``; a bare run name: its first training seed)
+    into ``<out_dir>/<run>/seed<seed>/``; an interrupted run resumes from its last
     checkpoint (``resume``) unless its config changed, which starts it over."""
     from aikd.distill.train import train_distill
     from aikd.paths import embeddings_path
     from aikd.tracking import stage_run
 
+    run, seed = seeded_run(params, run)
+    name = seeded_name(run, seed)
     spec = run_spec(params, run)
-    cfg = run_config(params, run)
+    cfg = run_config(params, run, seed)
     settings = stage_settings(params)
     rows, unlabelled = labelled_rows(params, spec.labels)
     train = rows[rows["split"] == "train"].reset_index(drop=True)
@@ -153,17 +198,18 @@ def distill_stage(params: Mapping[str, Any], run: str, *, resume: bool = True) -
                     "identity) and are left out", run, unlabelled, spec.labels)
     detector = section(params, "landmarks")["training_detector"]
     cache = [embeddings_path(params, ds, detector) for ds in section(params, "labels")["datasets"]]
-    out = run_dir(params, run)
-    work = work_dir(params, run)
+    out = run_dir(params, run, seed)
+    work = work_dir(params, run, seed)
     # Under `accelerate launch` every process runs this; one of them records and publishes.
     main = int(os.environ.get("RANK", "0")) == 0
     log_params = {"run": run, "labels": spec.labels, "variant": spec.variant,
-                  "unlabelled_images": unlabelled, **cfg.to_dict()}
-    tracked = (stage_run("distill", params, run_name=f"distill-{run}", log_params=log_params)
+                  "train_seed": seed, "unlabelled_images": unlabelled, **cfg.to_dict()}
+    tracked = (stage_run("distill", params, run_name=f"distill-{name}", log_params=log_params)
                if main else contextlib.nullcontext())
     with tracked:
         if main:
-            mlflow.set_tags({"aikd.label_method": spec.labels, "aikd.variant": spec.variant})
+            mlflow.set_tags({"aikd.label_method": spec.labels, "aikd.variant": spec.variant,
+                             "aikd.train_seed": str(seed)})
         kw = dict(labels=None, teacher_cache=[str(c) for c in cache],
                   val_landmarks=val_landmarks(params, settings.val_detectors) or None)
         try:
@@ -171,12 +217,12 @@ def distill_stage(params: Mapping[str, Any], run: str, *, resume: bool = True) -
         except ValueError as exc:
             if not (resume and str(exc).startswith("cannot resume")):
                 raise
-            log.warning("%s; starting %s over", exc, run)
+            log.warning("%s; starting %s over", exc, name)
             result = train_distill(cfg, train, val, work, resume=False, **kw)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for name in PUBLISHED:
             shutil.copy2(work / name, out / name)
-        print(f"distill {run}: {result.steps} steps on {result.train_images} images in "
+        print(f"distill {name}: {result.steps} steps on {result.train_images} images in "
               f"{result.seconds:.0f} s; {result.metrics}")
     return out

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from aikd.naming import split_run_name
+from aikd.naming import split_run_name, split_seeded_name
 
-__all__ = ["CONTEXT_VARIANT", "LABEL_VARIANTS", "method_columns", "split_method"]
+__all__ = ["CONTEXT_VARIANT", "LABEL_VARIANTS", "method_columns", "split_column", "split_method"]
 
 # The alignment the models were trained on (every other detector is "misaligned") is
 # params ``landmarks.training_detector``, passed to the tables, summary and report.
@@ -33,3 +33,12 @@ def split_method(column: str) -> tuple[str, str]:
         return split_run_name(column, variants=LABEL_VARIANTS)
     except ValueError:
         return column, CONTEXT_VARIANT
+
+
+def split_column(column: str) -> tuple[str, str, int | None]:
+    """``sddfiqa-T@s1`` -> (sddfiqa, T, 1): one training seed's model; a column without a
+    seed (``serfiq-B`` applied directly, ``flip``, a table written before seeds) -> seed
+    None, as ``split_method`` reads it."""
+    name, seed = split_seeded_name(column)
+    method, variant = split_method(name)
+    return method, variant, seed

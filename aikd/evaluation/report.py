@@ -32,6 +32,8 @@ from aikd.evaluation.tables import (
     mode_order,
     mode_rows,
     pauc_table,
+    seed_means,
+    seed_spread_table,
     to_markdown,
 )
 
@@ -117,6 +119,10 @@ def _write_cell_tables(results: pd.DataFrame, fr: str, det: str, rep: Path,
         if (methods != "").to_numpy().any():  # the primary setting
             md += ["\n95 % intervals (bootstrap; random: over seeds):\n\n",
                    to_markdown(ci, mark_best=False)]
+        spread = seed_spread_table(results, fr, det, fmr=fmr, threshold=mode)
+        if not spread.empty:
+            md += ["\nSeed spread of the trained variants' means above (SD over training "
+                   "seeds, min-max, number of seeds):\n\n", to_markdown(spread, mark_best=False)]
     return _write_table_pair(blocks, md, rep / f"pauc_{_slug(fr)}_{_slug(det)}")
 
 
@@ -287,6 +293,10 @@ def write_report(
     """
     check_results(results)
     results = results[results["fr_model"].isin(fr_models) & results["detector"].isin(detectors)]
+    long, results = results, seed_means(results)
+    diff_long = differences
+    if differences is not None:
+        differences = seed_means(differences)
     if results.empty:
         raise ValueError(f"no results for FR models {list(fr_models)} and detectors "
                          f"{list(detectors)}")
@@ -300,8 +310,12 @@ def write_report(
     paths += write_benchmarks(results, rep)
     paths += _write_figures(results, curves, fr_models, detectors, rep, primary)
     long_path = rep / "results_long.csv"
-    results.to_csv(long_path, index=False)
+    long.to_csv(long_path, index=False)
     paths.append(long_path)
+    if diff_long is not None:
+        diff_path = rep / "differences_long.csv"
+        diff_long.to_csv(diff_path, index=False)
+        paths.append(diff_path)
 
     text, tallies = summary_text(results, misaligned, differences, fr_models, detectors,
                                  missing, primary, reference)
@@ -310,6 +324,7 @@ def write_report(
     paths.append(summary_path)
 
     metrics = headline_metrics(results, tallies, fr_models, primary, reference)
+    metrics.update(seed_metrics(long))
     metrics_path = met / "evaluation.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     paths.append(metrics_path)
@@ -317,6 +332,28 @@ def write_report(
     written = {p.relative_to(out).as_posix(): p for p in paths}
     _log_mlflow(written, results, metrics, primary)
     return written
+
+
+#: What metrics/evaluation.json's numbers of trained variants are, when they have seeds.
+SEED_AGGREGATION = {
+    "pauc": "mean over training seeds (seed spread: reports/evaluation/pauc_*.md, "
+            "results_long.csv rows with a seed)",
+    "differences": "seed-mean of per-seed paired differences: T and B (C) of the same "
+                   "training seed on the same resamples of people, averaged over seeds; "
+                   "win shares, sign tests and Holm count the seed-mean differences",
+}
+
+
+def seed_metrics(results: pd.DataFrame) -> dict[str, Any]:
+    """``train_seeds`` (the seeds in the results), ``n_seeds`` (most seeds behind one
+    seed-mean row) and, when there are seeds, ``aggregation`` (``SEED_AGGREGATION``):
+    what the headline numbers average. Nothing for results without seeds."""
+    if "seed" not in results.columns or results["seed"].isna().all():
+        return {}
+    seeds = sorted(int(s) for s in pd.unique(results["seed"].dropna()))
+    n = results["n_seeds"].dropna() if "n_seeds" in results.columns else pd.Series([])
+    return {"train_seeds": seeds, "n_seeds": int(n.max()) if len(n) else len(seeds),
+            "aggregation": SEED_AGGREGATION}
 
 
 def _write_tables(
@@ -356,7 +393,8 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
     settings = evaluate_settings(params)
     src = Path(settings.out_dir)
     results = pd.read_parquet(src / "results.parquet")
-    curve_frame = pd.read_parquet(src / "curves.parquet")
+    curve_frame = seed_means(pd.read_parquet(src / "curves.parquet"))  # seed-mean curves
+    curve_frame = curve_frame.drop(columns=[c for c in ("seed",) if c in curve_frame.columns])
     diffs = pd.read_parquet(src / "differences.parquet")
     curves = {tuple(str(v) for v in key): g.drop(columns=CURVE_KEYS).reset_index(drop=True)
               for key, g in curve_frame.groupby(CURVE_KEYS, sort=False)}
@@ -370,7 +408,8 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
                                differences=diffs if len(diffs) else None,
                                reports_subdir=settings.reports_dir)
         distill = params.get("distill") or {"runs": {}, "out_dir": "models"}
-        table = learnability_table(distill["runs"], distill["out_dir"])
+        table = learnability_table(distill["runs"], distill["out_dir"],
+                                   seeds=params.get("train_seeds"))
         for path in write_learnability(table, settings.reports_dir) if len(table) else []:
             written[path.as_posix()] = path
             mlflow.log_artifact(str(path))

@@ -36,10 +36,10 @@ from aikd.evaluation.cells import (
     no_quality_curve,
     persons_of,
 )
-from aikd.evaluation.columns import CONTEXT_VARIANT, method_columns, split_method
+from aikd.evaluation.columns import CONTEXT_VARIANT, method_columns, split_column
 from aikd.evaluation.edc import UndefinedPAUCWarning, edc_curve
+from aikd.evaluation.seeds import seed_mean_curve, seed_mean_difference, seed_mean_row
 from aikd.evaluation.settings import EvaluateSettings, evaluate_settings
-from aikd.naming import run_name
 from aikd.paths import pairs_path
 
 
@@ -164,21 +164,29 @@ def _load_cell(params: Mapping[str, Any], bench: str, det: str) -> _Cell:
                  scored.n_dropped + int((~ok).sum()))
 
 
-def method_variants(columns: list[str]) -> dict[str, tuple[str, str]]:
-    """Quality column -> (method, variant) as the tables show it.
+def column_keys(columns: list[str]) -> dict[str, tuple[str, str, int | None]]:
+    """Quality column -> (method, variant, training seed) as the tables show it.
 
-    ``sddfiqa-T`` -> (sddfiqa, T); a bare column whose ``-T`` exists (``serfiq`` beside
-    ``serfiq-T``: SER-FIQ applied directly) is that method's B, unless a ``-B`` column
-    exists too; every other bare column (flip, sharpness) is a context row (variant -).
+    ``sddfiqa-T@s1`` -> (sddfiqa, T, 1); ``sddfiqa-T`` (a table without seeds) ->
+    (sddfiqa, T, None); a bare column whose ``-T`` exists (``serfiq`` beside ``serfiq-T``:
+    SER-FIQ applied directly) is that method's B, unless a ``-B`` column exists too; every
+    other bare column (flip, sharpness) is a context row (variant -). Untrained columns
+    have seed None.
     """
+    split = {col: split_column(col) for col in columns}
+    present = {(m, v) for m, v, _ in split.values()}
     out = {}
-    for col in columns:
-        method, variant = split_method(col)
-        if (variant == CONTEXT_VARIANT and run_name(col, "T") in columns
-                and run_name(col, "B") not in columns):
+    for col, (method, variant, seed) in split.items():
+        if (variant == CONTEXT_VARIANT and (col, "T") in present
+                and (col, "B") not in present):
             variant = "B"
-        out[col] = (method, variant)
+        out[col] = (method, variant, seed)
     return out
+
+
+def method_variants(columns: list[str]) -> dict[str, tuple[str, str]]:
+    """Quality column -> (method, variant), its training seed dropped (``column_keys``)."""
+    return {col: (m, v) for col, (m, v, _) in column_keys(columns).items()}
 
 
 #: The paired comparisons: T (AI-KD) against B (base alignment) and C (consistency only).
@@ -207,11 +215,18 @@ def _cell_weights(cell: _Cell, n_boot: int, seed: int) -> list[np.ndarray] | Non
     return out
 
 
+#: A cell's per-column primary pAUC and its resampled pAUCs (None: no interval drawn).
+Resampled = dict[str, tuple[float, np.ndarray]]
+
+
 def _score_cell(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings, seed: int,
                 results: list[dict[str, Any]], curves: list[pd.DataFrame],
-                facts: dict[str, Any] | None = None) -> dict[str, tuple[float, np.ndarray]]:
+                facts: dict[str, Any] | None = None) -> Resampled:
     """Append the cell's result rows (context rows first) and its EDC curves.
 
+    One row per quality column (a trained model's carries its training ``seed``), then,
+    per trained (method, variant), the seed-mean rows (``seed`` empty, ``n_seeds`` and the
+    seed spread; ``aikd.evaluation.seeds``), whose curve is the seeds' mean curve.
     Intervals are computed in the primary (fmr, threshold) mode only (point estimates in
     the secondary ones); returns {quality column: (primary pAUC, its resampled pAUCs)},
     from which ``_paired_differences`` takes the T-B and T-C differences.
@@ -223,20 +238,26 @@ def _score_cell(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings, s
     weights = _cell_weights(cell, settings.n_boot, seed)
     for row in context_rows(cell.pairs, sim, fmrs=settings.fmrs, thresholds=settings.thresholds,
                             seed=seed, keys=keys, n_seeds=settings.random_seeds):
-        results.append({**row, **facts})
+        results.append({**row, "seed": None, **facts})
     curve = no_quality_curve(sim, mated, fmr=primary.fmr)
-    curves.append(curve.assign(**keys, method="none", variant=CONTEXT_VARIANT))
-    resampled: dict[str, tuple[float, np.ndarray]] = {}
-    for col, (method, variant) in method_variants(list(cell.quality_a)).items():
+    curves.append(curve.assign(**keys, method="none", variant=CONTEXT_VARIANT, seed=None))
+    resampled: Resampled = {}
+    rows_of: dict[str, list[dict[str, Any]]] = {}
+    curve_of: dict[str, pd.DataFrame] = {}
+    seeded: dict[tuple[str, str], list[str]] = {}
+    for col, (method, variant, train_seed) in column_keys(list(cell.quality_a)).items():
         ck = {**keys, "method": method, "variant": variant}
         qa, qb = cell.quality_a[col], cell.quality_b[col]
         got: dict[tuple[float, str], np.ndarray] = {}
         point = math.nan
+        rows_of[col] = []
         for row in evaluate_cell(cell.pairs, sim, qa, qb, fmrs=settings.fmrs,
                                  thresholds=settings.thresholds, n_boot=settings.n_boot,
                                  seed=seed, keys=ck, interval_modes=[mode], resamples=got,
                                  weights=weights):
-            results.append({**row, **facts})
+            row = {**row, "seed": train_seed, **facts}
+            results.append(row)
+            rows_of[col].append(row)
             if (math.isclose(row["fmr"], primary.fmr, rel_tol=1e-6)
                     and row["threshold"] == primary.threshold):
                 point = row["pauc"]
@@ -244,34 +265,65 @@ def _score_cell(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings, s
             resampled[col] = (point, values)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            curve = edc_curve(sim, mated, qa, qb, fmr=primary.fmr, threshold=primary.threshold)
-        curves.append(curve.assign(**ck))
+            curve_of[col] = edc_curve(sim, mated, qa, qb, fmr=primary.fmr,
+                                      threshold=primary.threshold)
+        curves.append(curve_of[col].assign(**ck, seed=train_seed))
+        if train_seed is not None:
+            seeded.setdefault((method, variant), []).append(col)
+    for (method, variant), cols in seeded.items():
+        draws = [resampled[c][1] for c in cols if c in resampled]
+        for i in range(len(rows_of[cols[0]])):  # the same modes, in order, for every seed
+            per_seed = [rows_of[c][i] for c in cols]
+            in_mode = _is_primary(per_seed[0], primary) and len(draws) == len(cols)
+            results.append(seed_mean_row(per_seed, draws if in_mode else None))
+        curves.append(seed_mean_curve([curve_of[c] for c in cols]).assign(
+            **keys, method=method, variant=variant, seed=None))
     return resampled
 
 
+def _is_primary(row: Mapping[str, Any], primary: Any) -> bool:
+    return (math.isclose(row["fmr"], primary.fmr, rel_tol=1e-6)
+            and row["threshold"] == primary.threshold)
+
+
 def _paired_differences(cell: _Cell, keys: dict[str, str], settings: EvaluateSettings,
-                        resampled: dict[str, tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
+                        resampled: Resampled) -> list[dict[str, Any]]:
     """pAUC(T) - pAUC(B) and pAUC(T) - pAUC(C) for every method with those variants.
 
     Primary mode only. Both methods' pAUCs come from the same resamples of people (the
-    same seed), so the difference is paired; ``baseline`` names B or C. SER-FIQ's B is
-    its direct column (``serfiq-B`` or a bare ``serfiq``, see ``method_variants``).
+    same seed), so the difference is paired; ``baseline`` names B or C. Paired by training
+    seed too: T of seed s against B (C) of seed s, one row per seed (``seed`` s), then one
+    row of their mean over seeds (``seed`` empty, ``n_seeds`` and the seed spread of the
+    per-seed differences; ``seeds.seed_mean_difference``): the row the summary, win counts
+    and Holm read. A base without seeds (SER-FIQ's B is its direct column, ``serfiq-B`` or
+    a bare ``serfiq``, see ``column_keys``) is paired with every seed of T.
     """
     diffs = []
-    variants = method_variants(list(cell.quality_a))
-    by_key = {mv: col for col, mv in variants.items()}
-    for col, (method, variant) in variants.items():
-        if variant != "T" or col not in resampled:
-            continue
+    keyed = column_keys(list(cell.quality_a))
+    by_key = {k: col for col, k in keyed.items()}
+    common = {**keys, "fmr": settings.primary.fmr, "threshold": settings.primary.threshold,
+              "bootstrap": bootstrap_kind(cell.pairs)}
+    t_cols: dict[str, list[tuple[int | None, str]]] = {}
+    for col, (method, variant, train_seed) in keyed.items():
+        if variant == "T" and col in resampled:
+            t_cols.setdefault(method, []).append((train_seed, col))
+    for method, ts in t_cols.items():
         for base in COMPARISONS:
-            partner = by_key.get((method, base))
-            if partner is None or partner not in resampled:
-                continue
-            (pt, vt), (pb, vb) = resampled[col], resampled[partner]
-            d = difference_from_resamples(pt, pb, vt, vb)
-            diffs.append({**keys, "method": method, "baseline": base,
-                          "fmr": settings.primary.fmr, "threshold": settings.primary.threshold,
-                          "bootstrap": bootstrap_kind(cell.pairs), **d})
+            pairs = []
+            for train_seed, col in ts:
+                partner = by_key.get((method, base, train_seed)) or by_key.get(
+                    (method, base, None))
+                if partner is not None and partner in resampled:
+                    pairs.append((train_seed, resampled[col], resampled[partner]))
+            for train_seed, (pt, vt), (pb, vb) in pairs:
+                diffs.append({**common, "method": method, "baseline": base,
+                              "seed": train_seed, **difference_from_resamples(pt, pb, vt, vb)})
+            if any(s is not None for s, _, _ in pairs):
+                diffs.append({**common, "method": method, "baseline": base, "seed": None,
+                              **seed_mean_difference([t[0] for _, t, _ in pairs],
+                                                     [b[0] for _, _, b in pairs],
+                                                     [t[1] for _, t, _ in pairs],
+                                                     [b[1] for _, _, b in pairs])})
     return diffs
 
 
@@ -336,6 +388,10 @@ def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     out_dir = Path(settings.out_dir)
     frames = {"results": pd.DataFrame(results), "curves": pd.concat(curves, ignore_index=True),
               "differences": pd.DataFrame(diffs)}
+    for frame in frames.values():  # training seed: an integer, empty where no single seed
+        for col in ("seed", "n_seeds"):
+            if col in frame.columns:
+                frame[col] = frame[col].astype("Int64")
     for name, frame in frames.items():
         write_parquet_atomic(frame, out_dir / f"{name}.parquet")
     print(f"evaluate: {len(frames['results'])} result rows over {len(cells)} "

@@ -8,7 +8,11 @@ method, variant, fmr, threshold), with the columns of ``RESULT_COLUMNS``:
   (``none``: no quality, ``random``: random quality, single-score baselines);
 * ``pauc_low``/``pauc_high`` bound the pAUC (bootstrap interval; mean -/+ SD for random);
 * ``fnmr0`` is the FNMR before any discard, ``n_pairs`` the pairs scored; optional
-  ``n_fail0`` is the number of failing mated pairs FNMR(0) rests on.
+  ``n_fail0`` is the number of failing mated pairs FNMR(0) rests on;
+* optional ``seed``: the training seed of a row of one trained model; a trained variant
+  also has a row with ``seed`` empty, the mean over its seeds (``n_seeds``, ``seed_sd``,
+  ``seed_min``, ``seed_max``; ``aikd.evaluation.seeds``). The tables read the rows whose
+  ``seed`` is empty (``seed_means``): seed means and the untrained rows.
 
 "Misaligned" detectors are all but the ``reference`` one passed in: the alignment the
 models were trained on (params ``landmarks.training_detector``).
@@ -38,6 +42,8 @@ __all__ = [
     "mode_order",
     "mode_rows",
     "pauc_table",
+    "seed_means",
+    "seed_spread_table",
     "significant_differences",
     "to_markdown",
     "win_share",
@@ -66,12 +72,20 @@ def check_results(results: pd.DataFrame) -> pd.DataFrame:
     missing = set(RESULT_COLUMNS) - set(results.columns)
     if missing:
         raise ValueError(f"results lack columns {sorted(missing)}")
-    keys = [*_CELL_KEYS, "variant"]
+    keys = [*_CELL_KEYS, "variant", *(["seed"] if "seed" in results.columns else [])]
     dup = results.duplicated(subset=keys)
     if dup.any():
         row = results.loc[dup, keys].iloc[0].to_dict()
         raise ValueError(f"results list a cell twice: {row}")
     return results
+
+
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows the tables read: those without a training ``seed`` (a trained variant's
+    mean over seeds, untrained methods); a frame without seeds is returned as it is."""
+    if "seed" not in frame.columns:
+        return frame
+    return frame[frame["seed"].isna().to_numpy()]
 
 
 def mode_order(frame: pd.DataFrame) -> list[tuple[float, str]]:
@@ -178,6 +192,39 @@ def interval_table(
                               strict=True)]
     wide = sel.assign(interval=text).pivot(index=["method", "variant"], columns="benchmark",
                                            values="interval")
+    benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
+    wide = wide.reindex(index=_row_order(wide.index, results), columns=benchmarks)
+    wide.index = pd.MultiIndex.from_tuples(wide.index.tolist(), names=["method", "variant"])
+    wide.columns.name = None
+    return wide.fillna("")
+
+
+def seed_spread_table(
+    results: pd.DataFrame,
+    fr_model: str,
+    detector: str,
+    *,
+    fmr: float = 1e-3,
+    threshold: str = "recomputed",
+) -> pd.DataFrame:
+    """``± SD (min-max, n seeds)`` of the seed-mean rows of every trained (method, variant)
+    on every benchmark (strings; rows without seeds are left out): the seed spread beside
+    ``pauc_table``'s means. Empty when the results have no seed-mean rows."""
+    if "n_seeds" not in results.columns:
+        return pd.DataFrame()
+    sel = _cell_selection(results, fr_model, detector, fmr, threshold)
+    sel = sel[sel["n_seeds"].notna().to_numpy()]
+    if sel.empty:
+        return pd.DataFrame()
+
+    def text(r: Any) -> str:
+        n = int(r.n_seeds)
+        if n < 2 or not np.isfinite(float(r.seed_sd)):
+            return f"(n {n})"
+        return f"± {r.seed_sd:.3f} ({r.seed_min:.3f}-{r.seed_max:.3f}, n {n})"
+
+    wide = sel.assign(spread=[text(r) for r in sel.itertuples(index=False)]).pivot(
+        index=["method", "variant"], columns="benchmark", values="spread")
     benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
     wide = wide.reindex(index=_row_order(wide.index, results), columns=benchmarks)
     wide.index = pd.MultiIndex.from_tuples(wide.index.tolist(), names=["method", "variant"])

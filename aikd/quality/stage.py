@@ -1,6 +1,7 @@
 """DVC stage ``quality@<dataset>-<detector>``: every quality method on the evaluation faces.
 
-Columns: every distill run (``<method>-<variant>``), ``<method>-B`` for methods applied
+Columns: every trained model, one per distill run and training seed (``<method>-<variant>@s
+<seed>``, ``aikd.naming.seeded_name``), ``<method>-B`` for methods applied
 directly to the images (``quality.direct``: SER-FIQ needs no training), and the
 ``quality.baselines`` anchors (``flip``, ``sharpness``).
 """
@@ -84,7 +85,7 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
     """(scorers, template, signature) for the quality stage (columns: see the module)."""
     from aikd.data.io import file_md5
     from aikd.distill.model import load_quality_model
-    from aikd.distill.stage import run_dir
+    from aikd.distill.stage import run_dir, trained_models
     from aikd.fiqa.baselines import sharpness
     from aikd.models.registry import load_backbone
 
@@ -97,11 +98,11 @@ def build_scorers(params: Mapping[str, Any]) -> tuple[list[Scorer], str, str]:
         memory_format=torch.channels_last)
     templates = {backbone.template}
     models = {}
-    for run in section(params, "distill")["runs"] or {}:
-        path = run_dir(params, run) / "model.pt"
-        models[run] = load_quality_model(path).to(memory_format=torch.channels_last)
-        templates.add(models[run].template)
-        sig[run] = file_md5(path)
+    for column, (run, seed) in trained_models(params).items():
+        path = run_dir(params, run, seed) / "model.pt"
+        models[column] = load_quality_model(path).to(memory_format=torch.channels_last)
+        templates.add(models[column].template)
+        sig[column] = file_md5(path)
     baselines = list(cfg.baselines or [])
     unknown = set(baselines) - set(BASELINES)
     if unknown:

@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from aikd.align import get_template
 from aikd.distill.model import QualityModel, load_quality_model
+from aikd.errors import UsageError
+from aikd.naming import seed_folder, split_seeded_name
 from aikd.registry.pyfunc import (
     CONFIG_FORMAT,
     MODEL_CODE,
@@ -134,6 +136,33 @@ def register_model(source: RunSource, params: Mapping[str, Any]) -> dict[str, An
     }
 
 
+def seeded_model_folder(params: Mapping[str, Any], ref: str, cfg: RegisterSettings,
+                        run_name: str | None) -> tuple[str, str | None]:
+    """(ref, run_name) with a run's name turned into one seed's model folder:
+    ``sddfiqa-T@s1`` -> ``<models_dir>/sddfiqa-T/seed1``, a bare ``sddfiqa-T`` -> the first
+    of params ``train_seeds`` (the model the register stage registers). Anything else (a
+    folder, an MLflow run id, a run trained before seeds, ``<models_dir>/<run>/model.pt``)
+    is passed on unchanged."""
+    if Path(ref).is_dir():
+        return ref, run_name
+    try:
+        run, seed = split_seeded_name(ref)
+    except ValueError:
+        return ref, run_name
+    if seed is None:
+        seeds = params.get("train_seeds") or []
+        if not seeds:
+            return ref, run_name
+        seed = int(seeds[0])
+    folder = Path(cfg.models_dir) / run / seed_folder(seed)
+    if not folder.is_dir():
+        if ref != run:  # a seed was asked for by name: say which folder is missing
+            raise UsageError(f"{ref}: no model folder {folder}; train it with "
+                             f"`dvc repro distill@{run}-{seed}`")
+        return ref, run_name
+    return str(folder), run_name or run
+
+
 def register_stage(
     params: Mapping[str, Any], run: str, *, run_name: str | None = None
 ) -> dict[str, Any]:
@@ -142,7 +171,8 @@ def register_stage(
     """
     cfg = register_settings(params)
     setup_mlflow(params)  # a run id is looked up in the configured store
-    source = resolve_source(run, cfg, run_name=run_name)
+    ref, run_name = seeded_model_folder(params, run, cfg, run_name)
+    source = resolve_source(ref, cfg, run_name=run_name)
     record = register_model(source, params)
     out = Path(cfg.metrics_dir) / f"register_{source.run}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ Usage: python scripts/readme_tables.py [--params params.yaml]
 Reads reports/evaluation/{results_long,benchmarks,learnability}.csv,
 data/evaluation/differences.parquet and reports/landmarks/alignment_fnmr.csv and prints
 Markdown blocks: the benchmarks, the primary-setting pAUC per cell with its person-level
-interval, the paired T-B / T-C differences, and the learnability of every run.
+interval, the paired T-B / T-C differences, and the learnability of every run. A trained
+variant's numbers are its mean over training seeds (params ``train_seeds``) with the SD
+over seeds (``± sd``, docs/seeds.md); T-B / T-C are paired by seed, then averaged.
 """
 
 from __future__ import annotations
@@ -20,16 +22,24 @@ import yaml
 VARIANT_ORDER = {"-": 0, "B": 1, "C": 2, "T": 3}
 
 
-def _cell(p: float, lo: float, hi: float) -> str:
+def _cell(p: float, lo: float, hi: float, sd: float = math.nan) -> str:
+    """``0.812 ± 0.010 [0.78, 0.85]``: mean over seeds, SD over seeds, person interval."""
     if not math.isfinite(p):
         return "—"
+    text = f"{p:.3f}" + (f" ± {sd:.3f}" if math.isfinite(sd) else "")
     if math.isfinite(lo) and math.isfinite(hi):
-        return f"{p:.3f} [{lo:.2f}, {hi:.2f}]"
-    return f"{p:.3f}"
+        return f"{text} [{lo:.2f}, {hi:.2f}]"
+    return text
+
+
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows without a training seed: seed means of trained variants, untrained methods."""
+    return frame[frame["seed"].isna()] if "seed" in frame.columns else frame
 
 
 def primary_table(results: pd.DataFrame, fmr: float, threshold: str, detectors: list[str],
                   benchmarks: list[str]) -> str:
+    results = seed_means(results)
     sel = results[(results["fmr"].sub(fmr).abs() < 1e-12) & (results["threshold"] == threshold)
                   & (results["method"] != "none")]
     cols = [(b, d) for b in benchmarks for d in detectors]
@@ -43,7 +53,9 @@ def primary_table(results: pd.DataFrame, fmr: float, threshold: str, detectors: 
         for b, d in cols:
             if (m, v, b, d) in idx.index:
                 r = idx.loc[(m, v, b, d)]
-                cells.append(_cell(float(r["pauc"]), float(r["pauc_low"]), float(r["pauc_high"])))
+                sd = float(r["seed_sd"]) if "seed_sd" in r.index else math.nan
+                cells.append(_cell(float(r["pauc"]), float(r["pauc_low"]),
+                                   float(r["pauc_high"]), sd))
             else:
                 cells.append("—")
         lines.append(f"| {m} | {v} | " + " | ".join(cells) + " |")
@@ -56,10 +68,12 @@ def primary_table(results: pd.DataFrame, fmr: float, threshold: str, detectors: 
 
 def differences_table(diffs: pd.DataFrame, fmr: float, threshold: str,
                       training: str) -> str:
+    diffs = seed_means(diffs)  # seed mean of the per-seed paired differences
     sel = diffs[(diffs["fmr"].sub(fmr).abs() < 1e-12) & (diffs["threshold"] == threshold)
                 & (diffs["detector"] != training)].copy()
     keep = [c for c in ("baseline", "method", "benchmark", "detector", "delta", "delta_low",
-                        "delta_high", "p_value") if c in sel.columns]
+                        "delta_high", "p_value", "n_seeds", "seed_sd", "seed_min", "seed_max")
+            if c in sel.columns]
     sel = sel[keep].sort_values([c for c in ("baseline", "method", "benchmark", "detector")
                                  if c in sel.columns])
     return sel.to_markdown(index=False, floatfmt=".3f")
@@ -89,7 +103,9 @@ def main() -> None:
     if diff_path.is_file():
         print("\n## Paired differences (misaligned cells, primary setting)\n")
         print(differences_table(pd.read_parquet(diff_path), fmr, threshold, training))
-    learn = reports / "learnability.csv"
+    learn = reports / "learnability_seeds.csv"  # mean and SD over seeds per run
+    if not learn.is_file():
+        learn = reports / "learnability.csv"
     if learn.is_file():
         print("\n## Learnability\n")
         print(pd.read_csv(learn).to_markdown(index=False, floatfmt=".3f"))

@@ -469,3 +469,35 @@ def test_register_and_load_over_http(
         expected = predict_quality(load_quality_model(workdir / "base.pt"),
                                    faces.head(1)[["root", "path", *POINT_COLUMNS]])
         np.testing.assert_allclose(out["quality"][0], expected[0], atol=1e-4)
+
+
+def test_a_run_name_registers_one_seeds_model_folder(tmp_path: Path) -> None:
+    """With training seeds, ``register@<run>`` registers the run's first seed
+    (``models/<run>/seed<first>``) under the run's name; ``<run>@s<k>`` picks seed k (a
+    missing one names the stage that makes it); a run laid out before seeds
+    (``models/<run>/model.pt``) and anything not a run name pass through unchanged."""
+    from aikd.registry.settings import register_settings
+    from aikd.registry.sources import resolve_source
+    from aikd.registry.stage import seeded_model_folder
+
+    params = {"train_seeds": [1, 0], **_params(tmp_path, "sqlite:///unused.db")}
+    cfg = register_settings(params)
+    models = tmp_path / "models"
+    for seed in (0, 1):
+        d = models / "sddfiqa-T" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "model.pt").write_bytes(b"x")
+        (d / "metrics.json").write_text(json.dumps({"metrics": {"val_pauc_fmr1e-3": 0.1}}))
+    ref, name = seeded_model_folder(params, "sddfiqa-T", cfg, None)
+    assert (Path(ref), name) == (models / "sddfiqa-T" / "seed1", "sddfiqa-T")
+    source = resolve_source(ref, cfg, run_name=name)
+    assert (source.run, source.method, source.variant) == ("sddfiqa-T", "sddfiqa", "T")
+    assert source.model_path == models / "sddfiqa-T" / "seed1" / "model.pt"
+    ref, _ = seeded_model_folder(params, "sddfiqa-T@s0", cfg, None)
+    assert Path(ref) == models / "sddfiqa-T" / "seed0"
+    with pytest.raises(UsageError, match=r"dvc repro distill@sddfiqa-T-5"):
+        seeded_model_folder(params, "sddfiqa-T@s5", cfg, None)
+    (models / "old-T").mkdir()
+    assert seeded_model_folder(params, "old-T", cfg, "x") == ("old-T", "x")
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert seeded_model_folder(params, run_id, cfg, None) == (run_id, None)

@@ -76,7 +76,8 @@ COMMANDS: dict[str, Command] = {
         args=(Arg("method", "+", "serfiq, sddfiqa, crfiqa or csv"),)),
     "distill": Command(
         "train AI-KD (T) / baseline (B) runs from params", "aikd.distill.stage:distill_stage",
-        args=(Arg("run", "+", "run name(s) from params distill.runs"),),
+        args=(Arg("run", "+", "run name(s) from params distill.runs, <run>@s<seed> for a "
+                  "training seed (bare: the first of train_seeds)"),),
         flags=(("--restart", "ignore checkpoints, start over"),),
         kwargs=lambda a: {"resume": not a.restart}),
     "pairs": Command(

@@ -208,3 +208,5 @@ def test_report_reads_seed_means_and_says_so(evaluated, monkeypatch: pytest.Monk
     assert set(pd.read_csv(rep / "differences_long.csv")["seed"].dropna().astype(int)) == {0, 1}
     table = (rep / "pauc_r50_mtcnn.md").read_text()
     assert "Seed spread" in table and "n 2)" in table
+    summary = (rep / "summary.md").read_text()
+    assert "mean over 2 training seeds" in summary and "paired by seed" in summary

@@ -3,7 +3,8 @@
     accelerate launch --multi_gpu --num_processes 2 -m aikd.distill sddfiqa-T [-S ...]
 
 Every process trains its shard of each batch; the main one validates, writes the model
-and publishes it to ``<distill.out_dir>/<run>/`` as ``aikd distill`` and ``dvc repro`` do.
+and publishes it to ``<distill.out_dir>/<run>/seed<seed>/`` as ``aikd distill`` and
+``dvc repro`` do.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from aikd.errors import AikdError
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aikd.distill", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="run name from params distill.runs, e.g. sddfiqa-T")
+    parser.add_argument("run", help="run name from params distill.runs, e.g. sddfiqa-T, or "
+                        "sddfiqa-T@s1 for training seed 1 (bare: the first of train_seeds)")
     parser.add_argument("--restart", action="store_true", help="ignore checkpoints, start over")
     add_params_options(parser)
     args = parser.parse_args(argv)

@@ -6,7 +6,10 @@ method) cell: similarity from the FR embeddings of the faces as *that* detector 
 them, quality from the quality stage on the same crops; pAUC for both threshold modes at
 two FMRs, with a person-level bootstrap interval in the primary mode (``evaluate.primary``;
 point estimates in the secondary ones), the no-quality and random anchors, EDC curves and
-the paired T-B and T-C differences (primary mode, same resamples of people). The `report`
+the paired T-B and T-C differences (primary mode, same resamples of people). A trained
+model's column is one training seed's (``<run>@s<seed>``): its rows carry ``seed``, and
+each trained variant also gets seed-mean rows, T-B / T-C paired by seed and averaged
+(``aikd.evaluation.seeds``, docs/seeds.md). The `report`
 stage, which turns that into the tables, figures and metrics, is
 ``aikd.evaluation.report.report_stage``: kept beside the report so that editing the
 report's code re-runs only `report`, not the evaluation.

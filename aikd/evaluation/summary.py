@@ -156,6 +156,22 @@ def _has_variant(results: pd.DataFrame, variant: str) -> bool:
     return bool((results["variant"] == variant).any())
 
 
+def _seeds_paragraph(results: pd.DataFrame) -> list[str]:
+    """What a trained variant's number is when it was trained with several seeds."""
+    if "n_seeds" not in results.columns or results["n_seeds"].isna().all():
+        return []
+    n = sorted({int(v) for v in results["n_seeds"].dropna()})
+    count = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    return [f"\nTrained variants (B, C, T): the mean over {count} training seeds (params "
+            "`train_seeds`); their spread over seeds is under each per-detector table and "
+            "their per-seed rows in results_long.csv. T-B and T-C are paired by seed (T and "
+            "B or C of the same seed, on the same resamples of people) and averaged over "
+            "seeds; every count, sign test and Holm correction below is of these seed-mean "
+            "differences, whose intervals cover the sampling of people (the per-seed "
+            "differences: differences_long.csv; `seed_sd`, `seed_min`, `seed_max`: their "
+            "spread).\n"]
+
+
 def summary_text(
     results: pd.DataFrame,
     misaligned: list[str],
@@ -197,6 +213,7 @@ def summary_text(
                  "pair": "pairs (the pairs name no people: narrower than it should be)"}
         out.append("\nIntervals (primary setting only): percentile bootstrap over "
                    + " and over ".join(kinds.get(k, k) for k in sorted(boot)) + ".\n")
+    out += _seeds_paragraph(results)
     if missing:
         out.append(f"\nNo results for: {', '.join(missing)}.\n")
     out += ["\n## Which differences exceed the noise\n\n"]
@@ -218,6 +235,8 @@ def summary_text(
                 "detectors; family = the cells of one comparison)\n\n"]
         cols = ["baseline", "fr_model", "detector", "benchmark", "method", "delta",
                 "delta_low", "delta_high", "p_value", "p_holm", "better"]
+        cols += [c for c in ("n_seeds", "seed_sd", "seed_min", "seed_max")
+                 if c in holm_frame.columns and holm_frame[c].notna().any()]
         out.append(_md_frame(holm_frame[cols], decimals=4))
     for b in baselines:
         s_b = sig[b]

@@ -87,7 +87,8 @@ def with_threads(threads: int, fn: Callable[[], Any]) -> Callable[[], Any]:
 def quality_model(tmp: Path) -> tuple[QualityModel, str]:
     """A distilled model if the pipeline made one, else dlib's ResNet with a fresh head
     (same architecture and cost: the head is 128 -> 256 -> 1)."""
-    found = sorted((REPO / "models").glob("*/model.pt"))
+    models = REPO / "models"  # <run>/seed<seed>/model.pt; <run>/model.pt before seeds
+    found = sorted([*models.glob("*/seed*/model.pt"), *models.glob("*/model.pt")])
     if found:
         return load_quality_model(found[0]), str(found[0].relative_to(REPO))
     with warnings.catch_warnings():

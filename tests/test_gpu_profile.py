@@ -87,6 +87,7 @@ def _tiny(params: dict[str, Any], tmp: Path, weights: Path, backbone: str) -> di
     p["embed"]["backbone"] = p["distill"]["backbone"] = backbone
     p["datasets"] = {"faces": {"kind": "folder", "root": str(tmp / "faces")}}
     p["splits"] = SHARES
+    p["train_seeds"] = [0]  # one training seed: the one model the test trains
     p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     p["mlflow"]["artifact_root"] = str(tmp / "artifacts")
     p["manifest"]["out_dir"] = str(tmp / "manifests")
@@ -158,5 +159,6 @@ def test_iresnet_path_runs_end_to_end(tmp_path: Path, lfw_root: Path,
     # the whole backbone trained: the student's weights moved away from the checkpoint
     start = torch.load(weights, weights_only=True)
     assert not torch.equal(saved["backbone_state"]["conv1.weight"], start["conv1.weight"])
-    scores = quality["sddfiqa-T"].to_numpy(dtype=np.float64)
+    assert out.name == "seed0"  # a bare run name trains the first of train_seeds
+    scores = quality["sddfiqa-T@s0"].to_numpy(dtype=np.float64)
     assert len(scores) == 2 * PER_IDENTITY and np.isfinite(scores).all()

@@ -137,7 +137,13 @@ class FrozenTeacher(nn.Module):
 
 
 class AIKDStudent(nn.Module):
-    """Student: backbone copy + quality head; ``forward`` -> (embedding, raw quality)."""
+    """Student: backbone copy + quality head; ``forward`` -> (embedding, raw quality).
+
+    ``prefix`` (``aikd.distill.fast.FrozenPrefix``, set by training) computes the frozen
+    input-side blocks faster; it is a plain attribute, outside the state dict.
+    """
+
+    prefix: Any = None
 
     def __init__(self, backbone: nn.Module, trainable: str = "all") -> None:
         super().__init__()
@@ -149,7 +155,7 @@ class AIKDStudent(nn.Module):
             p.requires_grad_(name in chosen)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.backbone(x)
+        emb = self.backbone(x) if self.prefix is None else self.prefix.embed(self.backbone, x)
         return emb, self.head(emb).squeeze(-1)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

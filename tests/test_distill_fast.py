@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import labelled_lfw_rows
 
+from aikd.distill import fast
 from aikd.distill.config import DistillConfig
 from aikd.distill.fast import (
     DtypeAffine2d,
@@ -34,9 +35,10 @@ from aikd.models.dlib_resnet import Affine2d
 #: First block of each dlib ResNet level after the stem (35, 17, 8, 4, 2 px), from the
 #: architecture (3 plain 32-ch blocks, then 1 + 3, 1 + 2, 1 + 2, 1 down/plain blocks).
 LEVEL_STARTS = [0, 3, 7, 10, 13]
-#: Largest per-step loss difference between the fp32 and the bf16 (+ prefix) tiny runs.
-#: Losses are 0.1-0.4; bf16 keeps ~3 significant digits of each activation, and the
-#: difference measured on this run is ~1e-3.
+#: Largest per-step loss difference between the fp32 and the bf16 (+ prefix) tiny runs
+#: (losses 0.12-0.42). Measured: 5.3e-3; fp32 with the prefix (a float32-rounding-size
+#: change) drifts by 3.2e-3 on the same run, so the bound leaves room for the dynamics,
+#: not for a wrong gradient (which moves the curve by ~0.1 within a few steps).
 LOSS_ATOL = 0.01
 
 
@@ -73,7 +75,10 @@ def test_prefix_covers_the_blocks_before_the_first_trainable_stage(trainable, ex
     assert (s.prefix is None) == (expected == 0)
 
 
-def test_prefix_computes_the_module_function(student, faces):
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn-fused", "plain-ops"])
+def test_prefix_computes_the_module_function(student, faces, fused, monkeypatch):
+    if not fused:
+        monkeypatch.setattr(fast, "_FUSED", None)
     with torch.no_grad():
         ref = student.backbone(faces)
         prefix = FrozenPrefix(student.backbone, 7, torch.float32)
@@ -149,11 +154,14 @@ def rows(lfw_root: Path, lfw_reference: pd.DataFrame) -> tuple[pd.DataFrame, pd.
 
 def test_bf16_run_follows_the_fp32_loss_curve(rows, tmp_path):
     """The default (bf16 + prefix) and fp32 without prefix, same seed and batches: the
-    per-step losses agree within LOSS_ATOL and the runs end in nearby weights."""
+    per-step losses agree within LOSS_ATOL and the runs end in nearby weights. lr 0.01:
+    with the default 0.05 on batches of 8 random labels the L1 head's momentum makes
+    the run chaotic (fp32 vs bf16 part at step 6: 0.20 vs 0.37; both precisions then
+    settle at the same level), which would test the dynamics, not the arithmetic."""
     train, val = rows
     tiny = dict(trainable="last_n_stages:3", train_subset=None, epochs=2.0, batch_size=8,
                 num_workers=0, warmup_steps=1, checkpoint_every=0, swa_start=0.5,
-                progress=False, check_images=False)
+                progress=False, check_images=False, lr=0.01)
     results = {}
     for name, extra in (("fp32", dict(precision="fp32", fuse_frozen=False)),
                         ("bf16", dict(precision="bf16", fuse_frozen=True))):

@@ -31,6 +31,10 @@ from aikd.models.dlib_resnet import Affine2d, DlibResNet, add_zero_extended
 
 log = logging.getLogger(__name__)
 
+#: oneDNN convolution with a fused add/ReLU (what torch.compile's CPU backend emits);
+#: ~20 % faster than the separate ops in bf16. Absent: plain conv2d + relu.
+_FUSED = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
 
 class DtypeAffine2d(Affine2d):
     """``Affine2d`` computed in the input's dtype (same parameters, same state dict)."""
@@ -71,8 +75,27 @@ class _Conv:
         self.bias = b.to(dtype)
         self.stride, self.padding = conv.stride, conv.padding
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(conv(x) [+ residual])``, one oneDNN call with the add/relu fused on CPU."""
+        if _FUSED and x.device.type == "cpu":
+            args = (list(self.padding), list(self.stride), [1, 1], 1)
+            if residual is None:
+                return _FUSED(x, self.weight, self.bias, *args, "relu", [], "")
+            return _FUSED.binary(x, residual, self.weight, self.bias, *args, "add", 1.0,
+                                 "relu", [], "")
+        y = self.linear(x)
+        return F.relu(y if residual is None else y + residual)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+def _extend(t: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``t`` zero-padded to (C, H, W) = ``size`` (trailing channels, bottom rows, right
+    columns), as dlib's ``add_prev`` treats the smaller tensor."""
+    c, h, w = size
+    pads = (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1])
+    return F.pad(t, pads) if any(pads) else t
 
 
 class FrozenPrefix:
@@ -111,10 +134,17 @@ class FrozenPrefix:
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)
-        x = F.max_pool2d(F.relu(self.conv1(x)), 3, 2)
+        x = F.max_pool2d(self.conv1(x), 3, 2)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         for conv_a, conv_b, down in self.blocks:
-            y = conv_b(F.relu(conv_a(x)))
-            x = F.relu(add_zero_extended(y, F.avg_pool2d(x, 2, 2)) if down else y + x)
+            shortcut = F.avg_pool2d(x, 2, 2) if down else x
+            h = conv_a(x)
+            size = (conv_b.weight.shape[0], h.shape[2], h.shape[3])  # conv_b keeps H, W
+            if all(a <= b for a, b in zip(shortcut.shape[1:], size, strict=True)):
+                # dlib's zero-extending add, as the fused conv's residual input
+                x = conv_b(h, residual=_extend(shortcut, size).contiguous(memory_format=fmt))
+            else:
+                x = F.relu(add_zero_extended(conv_b.linear(h), shortcut))
         return x
 
     def embed(self, backbone: DlibResNet, x: torch.Tensor) -> torch.Tensor:

@@ -156,7 +156,10 @@ class AIKDStudent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.backbone(x) if self.prefix is None else self.prefix.embed(self.backbone, x)
-        return emb, self.head(emb).squeeze(-1)
+        # The head in float32 under any autocast: its output is the regressed quality,
+        # which bf16 would round to 2-3 digits (and the head costs nothing).
+        with torch.autocast(emb.device.type, enabled=False):
+            return emb, self.head(emb.float()).squeeze(-1)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(head params, trainable backbone params): they get different momentum/decay."""

@@ -1,59 +1,79 @@
-"""Training throughput of AI-KD (images/s) for the default settings and variants.
+"""AI-KD training speed: the previous default vs the new default, side by side.
 
-Usage: python benchmarks/train_step.py [--images 448] [--batch 32] [--threads 2 1]
-       [--out benchmarks/results/train_step.json]
+Usage: python benchmarks/train_step.py [--data DIR] [--detector dlib] [--images 640]
+       [--rounds 2] [--no-ddp] [--out benchmarks/results/train_step.json]
 
-Every scenario runs the real ``train_distill`` loop (DataLoader worker, jitter, teacher,
-student forward/backward, SGD, SWA) on the same LFW train-split images with random labels;
-its speed is the median images/s over the optimizer steps after two warm-up steps. Also
-measured: the data pipeline alone, teacher inference (what a cache saves), the up-front
-image check, and the projected wall time of one default run on the demo data (LFW + YTF
-train splits), which is what the defaults in aikd/distill/config.py were sized by.
+One run of this script measures, on the same machine and the same images (LFW + YTF
+train-split rows with ``--detector`` landmarks from ``--data``, random labels, the teacher
+cache built once as the DVC stage gets it from ``aikd.embed``):
+
+* ``profile``: where one optimizer step's time goes (data wait, input conversion, the
+  student's frozen forward, its trainable forward + loss, backward, clip + optimizer,
+  SWA update) for both defaults, by phase and (torch.profiler) by operator;
+* ``scenarios``: the real ``train_distill`` loop of the previous default (fp32, the
+  frozen blocks run as part of the module, one process, one thread), the new default
+  (``DistillConfig()``) and each factor on its own, in ``--rounds`` interleaved rounds;
+  a scenario's speed is the median over rounds of its median images/s over the optimizer
+  steps after two warm-up steps. ``speedup_vs_previous_default`` is new / previous.
+  The two-process scenarios run under ``accelerate launch`` (gloo DDP, one thread and
+  one DataLoader worker per process, batch 16 per process: the same global batch 32);
+* ``agreement``: the same seeded run in fp32 and in the new default's precision, loss
+  curves and final weights compared (bf16 must learn the same, not just run fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.profiler import ProfilerActivity, profile
 
 from aikd.distill.config import DistillConfig
-from aikd.distill.data import (
-    DistillDataset,
-    EpochStreamSampler,
-    collate,
-    filter_readable,
-    load_rows,
-)
+from aikd.distill.data import load_rows
 from aikd.distill.model import build_models, to_channels_last
+from aikd.distill.prepare import prepare_run
 from aikd.distill.teacher import teacher_embed_rows
 from aikd.distill.train import train_distill
 from aikd.faces import to_float_input
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = {
-    "lfw": (REPO / "data/manifests/lfw.parquet", REPO / "data/landmarks/reference/lfw.parquet"),
-    "ytf": (REPO / "data/manifests/ytf.parquet", REPO / "data/landmarks/reference/ytf.parquet"),
-}
+#: The settings that were the default before issue #14 part 4 (and are still those of
+#: DistillConfig apart from these two keys): fp32, the frozen blocks inside the module.
+PREVIOUS = dict(trainable="last_n_stages:3", precision="fp32", fuse_frozen=False,
+                torch_threads=1, num_workers=1, batch_size=32, channels_last=True)
+#: Benchmark-only settings on top of a scenario's config: one pass over the images, no
+#: image check, a checkpoint every 5 steps (images/s excludes it by design).
+BENCH = dict(train_subset=None, epochs=1.0, checkpoint_every=5, progress=False,
+             check_images=False, warmup_steps=2)
+#: Largest per-step difference allowed between the fp32 and the new default's loss
+#: curves in ``agreement`` (256 images, 24 steps, losses 0.13-0.25). Measured under
+#: load on 2026-12-01: 6.0e-3 for bf16 + prefix, 4.7e-3 for fp32 + prefix (a change of
+#: float32-rounding size): the dynamics amplify any change to that level.
+AGREEMENT_ATOL = 0.01
 
 
-def rows_of(split: str) -> pd.DataFrame:
+def rows_of(data: Path, detector: str, split: str) -> pd.DataFrame:
+    """LFW + YTF rows of ``split`` with ``detector`` landmarks, roots made absolute."""
     frames = []
-    for manifest, landmarks in DATASETS.values():
-        r = load_rows(manifest, landmarks, split)
-        r["root"] = [str((REPO / x).resolve()) for x in r["root"]]
+    for ds in ("lfw", "ytf"):
+        r = load_rows(data / "manifests" / f"{ds}.parquet",
+                      data / "landmarks" / detector / f"{ds}.parquet", split)
+        r["root"] = [str((data.parent / x).resolve()) for x in r["root"]]
         frames.append(r)
     return pd.concat(frames, ignore_index=True)
 
@@ -64,124 +84,221 @@ def steady_ips(history: pd.DataFrame) -> float:
     return float(np.median(values)) if values.size else float("nan")
 
 
-def run_scenario(name: str, cfg: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
-                 cache: dict[str, np.ndarray] | None) -> dict[str, Any]:
+# --------------------------------------------------------------------------- profile
+
+
+@contextlib.contextmanager
+def _clock(times: dict[str, list[float]], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    times.setdefault(name, []).append(time.perf_counter() - t0)
+
+
+def profile_steps(cfg: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
+                  cache: dict[str, np.ndarray], steps: int = 10) -> dict[str, Any]:
+    """Median seconds per optimizer step by phase (and ms per image in total), and the
+    top operators of the same steps; the step is ``_train_step``'s, split into phases."""
+    cfg = cfg.replace(epochs=float(np.ceil((steps + 2) * cfg.batch_size / len(train))))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = prepare_run(cfg, train, val, Path(tmp), labels=None, teacher_cache=cache,
+                          val_landmarks=None, resume=False, stop_after=None,
+                          on_validation=None)
+        student = run.accelerator.unwrap_model(run.student)
+        bb = student.backbone
+        times: dict[str, list[float]] = {}
+        loader = iter(run.loader)
+        frozen = _frozen_count(bb)
+        student.train()
+
+        def step() -> None:
+            with _clock(times, "data_wait"):
+                batch = next(loader)
+            with _clock(times, "input_to_float"):
+                x = to_float_input(batch["x_hat"], cfg.channels_last)
+            with run.autocast():
+                with _clock(times, "student_frozen_forward"):
+                    if student.prefix is not None:
+                        h = student.prefix.features(x)
+                        rest = list(bb.blocks)[student.prefix.n_blocks:]
+                    else:
+                        h = bb.stem(x)
+                        for block in list(bb.blocks)[:frozen]:
+                            h = block(h)
+                        rest = list(bb.blocks)[frozen:]
+                with _clock(times, "student_trainable_forward"):
+                    for block in rest:
+                        h = block(h)
+                    e_hat = bb.embed_from_features(h.mean(dim=(2, 3)))
+                    q_hat = student.head(e_hat).squeeze(-1)
+            with _clock(times, "loss"):
+                terms = run.loss_fn(e_hat, q_hat, batch["q"], batch["e"])
+            with _clock(times, "backward"):
+                terms.total.backward()
+            with _clock(times, "clip_and_optimizer"):
+                torch.nn.utils.clip_grad_norm_(run.trainable, cfg.clip_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            with _clock(times, "swa_update"):
+                run.swa_model.update_parameters(student)
+
+        for _ in range(2):  # warm-up (kernel selection, worker start): not measured
+            step()
+        times.clear()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        ops = prof.key_averages()
+    phases = {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items()}
+    total = sum(phases.values())
+    top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    op_total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    return {
+        "ms_per_step": phases, "ms_per_step_total": round(total, 1),
+        "images_per_s_from_phases": round(cfg.batch_size / total * 1e3, 1),
+        "share": {k: round(v / total, 3) for k, v in phases.items()},
+        "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / op_total, 3)
+                                   for e in top},
+    }
+
+
+def _frozen_count(bb: torch.nn.Module) -> int:
+    """Leading blocks without a trainable parameter (the frozen part of the step)."""
+    n = 0
+    for block in bb.blocks:
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def run_scenario(cfg: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
+                 cache: dict[str, np.ndarray]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = train_distill(cfg, train, val, tmp, teacher_cache=cache)
         wall = time.perf_counter() - t0
-    ips = steady_ips(res.history)
-    print(f"{name:>50}: {ips:6.1f} images/s  ({res.steps} steps, {wall:.0f} s incl. setup)")
     cpu = res.timings["train_cpu_s"]
-    return {"images_per_s": round(ips, 2),
-            # images per CPU-second of the trainer process: with one thread this is close
-            # to the speed on an idle core, whatever else runs on the machine
-            "images_per_cpu_s": round(res.steps * cfg.batch_size / cpu, 2) if cpu else None,
-            "steps": res.steps, "wall_s": round(wall, 1),
-            "trainable": cfg.trainable, "teacher": "cached" if cache else "online",
-            "channels_last": cfg.channels_last, "batch_size": cfg.batch_size,
-            "threads": cfg.torch_threads, "checkpoints": res.steps // cfg.checkpoint_every
-            if cfg.checkpoint_every else 0,
-            "timings": {k: round(v, 2) for k, v in res.timings.items()}}
+    return {"images_per_s": steady_ips(res.history), "steps": res.steps,
+            "wall_s": wall, "train_cpu_s": cpu,
+            "losses": res.history["loss"].tolist()}
 
 
-def data_pipeline_ips(train: pd.DataFrame, cfg: DistillConfig, workers: int) -> float:
-    ds = DistillDataset(train, template="dlib150", max_shift=cfg.max_shift,
-                        units=cfg.jitter_units, seed=0)
-    n_batches = len(ds) // cfg.batch_size
-    sampler = EpochStreamSampler(len(ds), batch_size=cfg.batch_size, total_batches=n_batches)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate)
+def run_ddp(cfg: DistillConfig, work: Path) -> dict[str, Any]:
+    """The same scenario as two processes under ``accelerate launch`` (gloo DDP)."""
+    launcher = Path(sys.executable).with_name("accelerate")
+    spec = work / "ddp_spec.json"
+    out = work / "ddp_out.json"
+    spec.write_text(json.dumps({"config": cfg.to_dict(), "work": str(work), "out": str(out)}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.perf_counter()
-    n = sum(len(b["index"]) for b in loader)
-    return n / (time.perf_counter() - t0)
+    proc = subprocess.run([str(launcher), "launch", "--config_file",
+                           str(REPO / "configs/accelerate/cpu_2proc.yaml"), __file__,
+                           "--ddp-worker", str(spec)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    if proc.returncode != 0:
+        rank0 = [line for line in proc.stderr.splitlines() if line.startswith("[rank0]")]
+        raise RuntimeError("DDP scenario failed:\n" + "\n".join(rank0[-30:] or
+                                                              [proc.stderr[-3000:]]))
+    result = json.loads(out.read_text())
+    result["wall_s"] = time.perf_counter() - t0  # includes the launch and imports
+    return result
 
 
-@torch.inference_mode()
-def teacher_ips(train: pd.DataFrame, batch: int, channels_last: bool) -> float:
-    teacher, _ = build_models("dlib_resnet", None, "head", 0)
-    if channels_last:
-        to_channels_last(teacher)
-    ds = DistillDataset(train.head(batch), template="dlib150", max_shift=0.0)
-    x = to_float_input(collate([ds[i] for i in range(batch)])["x"], channels_last)
-    teacher(x)
-    times = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        teacher(x)
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+def ddp_worker(spec_path: str) -> None:
+    """One process of :func:`run_ddp`: train on the rows the parent saved; rank 0 reports."""
+    spec = json.loads(Path(spec_path).read_text())
+    work = Path(spec["work"])
+    train = pd.read_parquet(work / "train.parquet")
+    val = pd.read_parquet(work / "val.parquet")
+    emb = np.load(work / "cache.npy")
+    cache = dict(zip(train["path"], emb, strict=True))
+    cfg = DistillConfig.from_dict(spec["config"])
+    res = train_distill(cfg, train, val, work / "ddp_run", teacher_cache=cache)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(spec["out"]).write_text(json.dumps({
+            "images_per_s": steady_ips(res.history), "steps": res.steps,
+            "train_cpu_s": res.timings["train_cpu_s"],
+            "losses": res.history["loss"].tolist()}))
 
 
-def student_step_ab(train: pd.DataFrame, batch: int, reps: int = 6) -> dict[str, float]:
-    """Student forward+backward, images per CPU-second, the four variants interleaved.
-
-    Interleaving and CPU time make this A/B robust to the load of a shared machine,
-    unlike the whole-loop wall-clock rates, whose run-to-run noise was ~20 %.
-    """
-    ds = DistillDataset(train.head(batch), template="dlib150", max_shift=0.1, seed=0)
-    b = collate([ds[(0, i)] for i in range(batch)])
-    variants = {}
-    for cl in (True, False):
-        for spec in ("last_n_stages:3", "all"):
-            _, student = build_models("dlib_resnet", None, spec, 0)
-            variants[(cl, spec)] = to_channels_last(student) if cl else student
-    times: dict[tuple[bool, str], list[float]] = {k: [] for k in variants}
-    for _ in range(reps + 1):
-        for (cl, spec), student in variants.items():
-            x = to_float_input(b["x_hat"], cl)
-            t0 = time.process_time()
-            emb, q = student(x)
-            (emb.sum() + q.sum()).backward()
-            times[(cl, spec)].append(time.process_time() - t0)
-            student.zero_grad()
-    return {f"{spec} {'channels_last' if cl else 'contiguous'}":
-            round(batch / statistics.median(v[1:]), 1) for (cl, spec), v in times.items()}
+# --------------------------------------------------------------------------- agreement
 
 
-def project_default_run(result: dict[str, Any], threads: list[int], n_train_all: int,
-                        n_val: int, n_val_sample: int) -> dict[str, Any]:
-    """Projected wall time of one default run on the demo data, from the measurements
-    (first thread count): what the defaults in DistillConfig were sized by."""
-    d = DistillConfig()
-    t = d.torch_threads if d.torch_threads in threads else threads[0]
-    default = result["scenarios"][f"default (last_n_stages:3, cached teacher) | threads={t}"]
-    n_train = n_train_all if d.train_subset is None else min(d.train_subset, n_train_all)
-    steps = int(d.epochs * (n_train // d.batch_size))
-    infer = result["components"][f"teacher_inference_images_per_s_threads{t}"]
-    per_ckpt = default["timings"]["checkpoint_s"] / max(1, default["checkpoints"] + 1)
-    per_val_image = default["timings"]["final_validation_s"] / n_val_sample
-    projection = {
-        "train_rows_available": n_train_all, "train_images_used": n_train,
-        "val_images": n_val, "optimizer_steps": steps,
-        "setup_s": round(default["timings"]["setup_s"] - n_val_sample / infer, 1),
-        "image_check_s": round((n_train + n_val) / result["components"][
-            "image_check_images_per_s"], 1),
-        "val_teacher_embedding_s (no cache)": round(n_val / infer, 1),
-        "train_s": round(steps * d.batch_size / default["images_per_s"], 1),
-        "train_s_idle_core_estimate": round(steps * d.batch_size / default["images_per_cpu_s"],
-                                            1),
-        "checkpoint_s": round(per_ckpt * (steps // d.checkpoint_every + 1), 1),
-        "final_validation_s": round(per_val_image * n_val, 1),
-    }
-    projection["threads"] = t
-    projection["total_s"] = round(
-        sum(v for k, v in projection.items() if k.endswith("_s") or "_s " in k), 1)
-    return projection
+def agreement(new: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
+              cache: dict[str, np.ndarray], epochs: float) -> dict[str, Any]:
+    """The same seeded run in fp32 (the previous path), in fp32 with the folded prefix
+    (a float32-rounding-size change: how far the dynamics alone carry such a change) and
+    in the new default: per-step losses, head weights and validation compared."""
+    runs = {}
+    for name, cfg in (("fp32", new.replace(precision="fp32", fuse_frozen=False)),
+                      ("fp32_folded", new.replace(precision="fp32", fuse_frozen=True)),
+                      ("new_default", new)):
+        with tempfile.TemporaryDirectory() as tmp:
+            # the recipe's warm-up, not the speed runs' 2 steps (whose lr 0.05 from step 3
+            # on makes a loss spike of 1.4-1.7 at step 4 that any change moves)
+            res = train_distill(cfg.replace(epochs=epochs, checkpoint_every=0,
+                                            warmup_steps=DistillConfig().warmup_steps),
+                                train, val, tmp, teacher_cache=cache)
+            model = torch.load(Path(tmp) / "model.pt", weights_only=True)
+        head = torch.cat([v.flatten() for v in model["head_state"].values()])
+        runs[name] = (res, res.history["loss"].to_numpy(), head)
+    ref_res, ref_loss, ref_head = runs["fp32"]
+    out: dict[str, Any] = {"images": len(train), "steps": len(ref_loss), "epochs": epochs,
+                           "lr": new.lr, "batch_size": new.batch_size,
+                           "tolerance": AGREEMENT_ATOL,
+                           "loss_fp32": [round(float(x), 5) for x in ref_loss],
+                           "val_metrics_fp32": _rounded(ref_res.metrics)}
+    for name in ("fp32_folded", "new_default"):
+        res, loss, head = runs[name]
+        diff = np.abs(loss - ref_loss)
+        out[name] = {
+            "loss": [round(float(x), 5) for x in loss],
+            "max_abs_loss_diff_vs_fp32": round(float(diff.max()), 5),
+            "mean_abs_loss_diff_vs_fp32": round(float(diff.mean()), 5),
+            "mean_loss_last_third": round(float(loss[-len(loss) // 3:].mean()), 5),
+            "head_weights_rel_diff_vs_fp32": round(float((head - ref_head).norm()
+                                                         / ref_head.norm()), 4),
+            "val_metrics": _rounded(res.metrics)}
+    out["mean_loss_last_third_fp32"] = round(float(ref_loss[-len(ref_loss) // 3:].mean()), 5)
+    out["agree"] = bool(out["new_default"]["max_abs_loss_diff_vs_fp32"] <= AGREEMENT_ATOL)
+    return out
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)}
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=448, help="train images per scenario")
-    ap.add_argument("--batch", type=int, default=DistillConfig().batch_size)
-    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--data", type=Path, default=REPO / "data",
+                    help="folder with manifests/ and landmarks/<detector>/ (default: the "
+                         "repository's DVC outputs)")
+    ap.add_argument("--detector", default="dlib", help="training landmarks (dlib covers "
+                    "every image; the DVC stage's training_detector)")
+    ap.add_argument("--images", type=int, default=640, help="train images per scenario")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
+    ap.add_argument("--agreement-images", type=int, default=256)
+    ap.add_argument("--agreement-epochs", type=float, default=3.0)
+    ap.add_argument("--no-ddp", action="store_true", help="skip the two-process scenarios")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/train_step.json"))
+    ap.add_argument("--ddp-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.ddp_worker:
+        ddp_worker(args.ddp_worker)
+        return
 
-    train_all = rows_of("train")
-    val_all = rows_of("val")
+    train_all = rows_of(args.data, args.detector, "train")
+    val_all = rows_of(args.data, args.detector, "val")
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(train_all), args.images, replace=False))
     train = train_all.iloc[pick].reset_index(drop=True)
@@ -189,63 +306,107 @@ def main() -> None:
     val = val_all.groupby("identity").head(2).head(32).reset_index(drop=True)
     val["quality"] = rng.random(len(val))
 
-    # One checkpoint every 5 steps measures its cost; images/s excludes it by design.
-    base = DistillConfig(train_subset=None, epochs=1.0, batch_size=args.batch,
-                         checkpoint_every=5, progress=False, check_images=False,
-                         warmup_steps=2)
-    load_start = os.getloadavg()
-    # Component timings use the default config's thread count (what a run would use).
-    torch.set_num_threads(DistillConfig().torch_threads or torch.get_num_threads())
-    result: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "images": len(train), "batch_size": args.batch,
-        "component_threads": torch.get_num_threads(),
-        "default_config": DistillConfig().to_dict(), "scenarios": {}, "components": {},
-    }
-
-    t0 = time.perf_counter()
-    _, bad = filter_readable(train, threads=2)
-    result["components"]["image_check_images_per_s"] = round(
-        len(train) / (time.perf_counter() - t0), 1)
-    for workers in (0, 1):
-        result["components"][f"data_pipeline_images_per_s_workers{workers}"] = round(
-            data_pipeline_ips(train, base, workers), 1)
-
+    torch.set_num_threads(1)
     teacher, _ = build_models("dlib_resnet", None, "head", 0)
     to_channels_last(teacher)
     t0 = time.perf_counter()
-    embeddings = teacher_embed_rows(teacher, train, batch_size=args.batch, workers=1)
-    result["components"]["teacher_cache_build_images_per_s"] = round(
-        len(train) / (time.perf_counter() - t0), 1)
-    cache = dict(zip(train["path"], embeddings, strict=True))
+    emb = teacher_embed_rows(teacher, train, batch_size=32, workers=1)
+    cache_ips = len(train) / (time.perf_counter() - t0)
+    cache = dict(zip(train["path"], emb, strict=True))
 
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        result["components"][f"teacher_inference_images_per_s_threads{threads}"] = round(
-            teacher_ips(train, args.batch, True), 1)
-        result["components"][f"teacher_inference_contiguous_images_per_s_threads{threads}"] = (
-            round(teacher_ips(train, args.batch, False), 1))
-        result["components"][f"student_step_images_per_cpu_s_threads{threads}"] = (
-            student_step_ab(train, args.batch))
-        scen = {
-            "default (last_n_stages:3, cached teacher)": (base, cache),
-            "default, online teacher": (base, None),
-            "full backbone trainable, cached teacher": (base.replace(trainable="all"), cache),
-            "full backbone trainable, online teacher": (base.replace(trainable="all"), None),
-            "default, contiguous (no channels_last)": (base.replace(channels_last=False), cache),
-            "baseline B (w=0, max_shift=0)": (base.replace(w=0.0, max_shift=0.0), None),
+    new = DistillConfig().replace(**BENCH)
+    previous = DistillConfig(**{**PREVIOUS, **BENCH})
+    load_start = os.getloadavg()
+    result: dict[str, Any] = {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "data": {"detector": args.detector, "train_rows_available": len(train_all),
+                 "images": len(train), "val_images": len(val)},
+        "previous_default": {k: getattr(previous, k) for k in PREVIOUS},
+        "new_default": {k: getattr(new, k) for k in (*PREVIOUS, "precision", "fuse_frozen")},
+        "teacher_cache_build_images_per_s": round(cache_ips, 1),
+    }
+
+    print("profiling one step of each default ...", flush=True)
+    result["profile"] = {"previous_default": profile_steps(previous, train, val, cache),
+                         "new_default": profile_steps(new, train, val, cache)}
+    for k, v in result["profile"].items():
+        print(f"  {k}: {v['ms_per_step']} (total {v['ms_per_step_total']} ms)")
+
+    half = dict(batch_size=previous.batch_size // 2)
+    scenarios: dict[str, DistillConfig] = {
+        "previous default (fp32, 1 process, 1 thread)": previous,
+        "new default": new,
+        "previous + bf16 only": previous.replace(precision="bf16"),
+        "previous + fuse_frozen only": previous.replace(fuse_frozen=True),
+        "new default, 2 threads": new.replace(torch_threads=2),
+    }
+    ddp: dict[str, DistillConfig] = {} if args.no_ddp else {
+        "previous default, 2 processes x 1 thread (gloo), batch 16 each": previous.replace(**half),
+        "new default, 2 processes x 1 thread (gloo), batch 16 each": new.replace(**half),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*scenarios, *ddp]}
+    with tempfile.TemporaryDirectory() as work_s:
+        work = Path(work_s)
+        train.to_parquet(work / "train.parquet")
+        val.to_parquet(work / "val.parquet")
+        np.save(work / "cache.npy", emb)
+        for r in range(args.rounds):
+            for name, cfg in scenarios.items():
+                runs[name].append(run_scenario(cfg, train, val, cache))
+                print(f"round {r}: {name:>62}: {runs[name][-1]['images_per_s']:6.1f} images/s",
+                      flush=True)
+            for name, cfg in ddp.items():
+                runs[name].append(run_ddp(cfg, work))
+                print(f"round {r}: {name:>62}: {runs[name][-1]['images_per_s']:6.1f} images/s",
+                      flush=True)
+
+    out_sc: dict[str, Any] = {}
+    for name, rs in runs.items():
+        cfg = {**scenarios, **ddp}[name]
+        processes = 2 if name in ddp else 1
+        images = rs[0]["steps"] * cfg.batch_size * processes
+        out_sc[name] = {
+            "images_per_s": round(statistics.median(r["images_per_s"] for r in rs), 1),
+            "images_per_s_rounds": [round(r["images_per_s"], 1) for r in rs],
+            # per CPU-second of (each) trainer process: the rate on an idle core
+            "images_per_trainer_cpu_s": round(
+                images / processes / statistics.median(r["train_cpu_s"] for r in rs), 1),
+            "steps": rs[0]["steps"], "global_batch": cfg.batch_size * processes,
+            "precision": cfg.precision, "fuse_frozen": cfg.fuse_frozen,
+            "threads": cfg.torch_threads, "processes": processes,
         }
-        for name, (cfg, c) in scen.items():
-            result["scenarios"][f"{name} | threads={threads}"] = run_scenario(
-                f"{name} | t{threads}", cfg.replace(torch_threads=threads), train, val, c)
+    result["scenarios"] = out_sc
+    prev_ips = out_sc["previous default (fp32, 1 process, 1 thread)"]["images_per_s"]
+    result["images_per_s"] = {"previous_default": prev_ips,
+                              "new_default": out_sc["new default"]["images_per_s"]}
+    result["speedup_vs_previous_default"] = round(
+        out_sc["new default"]["images_per_s"] / prev_ips, 2)
+    result["speedup_of_each_scenario"] = {
+        name: round(v["images_per_s"] / prev_ips, 2) for name, v in out_sc.items()}
+    # the same data and seed give the same batches: fp32 vs bf16 losses of the whole loop
+    prev_l = np.array(runs["previous default (fp32, 1 process, 1 thread)"][0]["losses"])
+    new_l = np.array(runs["new default"][0]["losses"])
+    result["scenario_loss_max_abs_diff_new_vs_previous"] = round(
+        float(np.abs(prev_l - new_l).max()), 5)
+    print(f"speedup: {result['speedup_vs_previous_default']}x "
+          f"({result['images_per_s']})", flush=True)
 
-    projection = project_default_run(result, args.threads, len(train_all), len(val_all),
-                                     len(val))
-    result["projection_default_run"] = projection
+    print("agreement run (fp32 vs new default) ...", flush=True)
+    result["agreement"] = agreement(new, train.head(args.agreement_images), val, cache,
+                                    args.agreement_epochs)
+    ag = result["agreement"]
+    print({k: ag[k]["max_abs_loss_diff_vs_fp32"] for k in ("fp32_folded", "new_default")},
+          "agree:", ag["agree"])
+
+    n_default = min(DistillConfig().train_subset or len(train_all), len(train_all))
+    steps = int(DistillConfig().epochs * (n_default // DistillConfig().batch_size))
+    result["projection_default_run_train_s"] = {
+        "train_images": n_default, "optimizer_steps": steps,
+        "previous_default": round(steps * 32 / prev_ips, 1),
+        "new_default": round(steps * 32 / out_sc["new default"]["images_per_s"], 1)}
     result["loadavg_start"] = [round(x, 2) for x in load_start]
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(result["components"], indent=2))
-    print(json.dumps(projection, indent=2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -20,6 +20,7 @@ import yaml
 
 QualityLoss = Literal["l1", "smooth_l1"]
 LabelNormKind = Literal["rank", "minmax", "none"]
+Precision = Literal["fp32", "bf16"]
 
 _TRAINABLE_RE = re.compile(r"^(all|head|last_n_stages:\d+|last_n_tensors:\d+)$")
 
@@ -70,6 +71,12 @@ class DistillConfig:
     # --- bookkeeping
     seed: int = 0
     channels_last: bool = True
+    #: Forward passes under bf16 autocast (fp32 weights, optimizer and loss): oneDNN's
+    #: AMX/AVX-512 bf16 convolutions on CPU. "fp32" on a CPU without bf16 support.
+    precision: Precision = "bf16"
+    #: Run the student's frozen stem and leading blocks as a folded inference copy
+    #: (aikd.distill.fast.FrozenPrefix): the same function, ~3.7x faster in bf16.
+    fuse_frozen: bool = True
     #: torch intra-op threads for this run (None: torch's default, one per core). One on
     #: the shared 2-core demo box: two threads' OpenMP barriers stall whenever another
     #: process holds a core (measured 21.3 vs 52.9 images/s, docs/distillation.md).
@@ -103,6 +110,8 @@ class DistillConfig:
             raise ValueError(f"w must be in [0, 1], got {self.w}")
         if self.quality_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"quality_loss must be 'l1' or 'smooth_l1', got {self.quality_loss!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.label_norm not in ("rank", "minmax", "none"):
             raise ValueError(
                 f"label_norm must be 'rank', 'minmax' or 'none', got {self.label_norm!r}"

@@ -137,7 +137,13 @@ class FrozenTeacher(nn.Module):
 
 
 class AIKDStudent(nn.Module):
-    """Student: backbone copy + quality head; ``forward`` -> (embedding, raw quality)."""
+    """Student: backbone copy + quality head; ``forward`` -> (embedding, raw quality).
+
+    ``prefix`` (``aikd.distill.fast.FrozenPrefix``, set by training) computes the frozen
+    input-side blocks faster; it is a plain attribute, outside the state dict.
+    """
+
+    prefix: Any = None
 
     def __init__(self, backbone: nn.Module, trainable: str = "all") -> None:
         super().__init__()
@@ -149,8 +155,11 @@ class AIKDStudent(nn.Module):
             p.requires_grad_(name in chosen)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.backbone(x)
-        return emb, self.head(emb).squeeze(-1)
+        emb = self.backbone(x) if self.prefix is None else self.prefix.embed(self.backbone, x)
+        # The head in float32 under any autocast: its output is the regressed quality,
+        # which bf16 would round to 2-3 digits (and the head costs nothing).
+        with torch.autocast(emb.device.type, enabled=False):
+            return emb, self.head(emb.float()).squeeze(-1)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(head params, trainable backbone params): they get different momentum/decay."""

@@ -172,7 +172,7 @@ def _train_step(run: TrainingRun, batch: Mapping[str, torch.Tensor]) -> LossTerm
     with accelerator.accumulate(run.student):
         x_hat = to_float_input(batch["x_hat"].to(device), cfg.channels_last)
         q = batch["q"].to(device)
-        with accelerator.autocast():
+        with run.autocast():
             if "e" in batch:
                 e = batch["e"].to(device)
             elif run.need_teacher:
@@ -258,7 +258,7 @@ def _validate(run: TrainingRun, model: nn.Module, rows: pd.DataFrame,
         model, rows, teacher_embeddings, label_norm=run.label_norm, quality_loss=run.loss_fn,
         max_shift=cfg.val_max_shift, units=cfg.jitter_units, seed=cfg.seed,
         landmark_tables=run.val_landmarks, device=run.device, batch_size=cfg.batch_size,
-        channels_last=cfg.channels_last, autocast=run.accelerator.autocast,
+        channels_last=cfg.channels_last, autocast=run.autocast,
         workers=cfg.num_workers, train_fit=train_fit,
     )
 

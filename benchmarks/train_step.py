@@ -45,6 +45,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from aikd.distill.config import DistillConfig
 from aikd.distill.data import load_rows
+from aikd.distill.fast import frozen_blocks
 from aikd.distill.model import build_models, to_channels_last
 from aikd.distill.prepare import prepare_run
 from aikd.distill.teacher import teacher_embed_rows
@@ -107,7 +108,7 @@ def profile_steps(cfg: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
         bb = student.backbone
         times: dict[str, list[float]] = {}
         loader = iter(run.loader)
-        frozen = _frozen_count(bb)
+        frozen = frozen_blocks(bb)
         student.train()
 
         def step() -> None:
@@ -159,16 +160,6 @@ def profile_steps(cfg: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
         "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / op_total, 3)
                                    for e in top},
     }
-
-
-def _frozen_count(bb: torch.nn.Module) -> int:
-    """Leading blocks without a trainable parameter (the frozen part of the step)."""
-    n = 0
-    for block in bb.blocks:
-        if any(p.requires_grad for p in block.parameters()):
-            break
-        n += 1
-    return n
 
 
 # --------------------------------------------------------------------------- scenarios

@@ -190,13 +190,7 @@ def interval_table(
     text = [("" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.3f}, {hi:.3f}]")
             for lo, hi in zip(sel["pauc_low"].astype(float), sel["pauc_high"].astype(float),
                               strict=True)]
-    wide = sel.assign(interval=text).pivot(index=["method", "variant"], columns="benchmark",
-                                           values="interval")
-    benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
-    wide = wide.reindex(index=_row_order(wide.index, results), columns=benchmarks)
-    wide.index = pd.MultiIndex.from_tuples(wide.index.tolist(), names=["method", "variant"])
-    wide.columns.name = None
-    return wide.fillna("")
+    return _text_table(sel.assign(interval=text), results, "interval")
 
 
 def seed_spread_table(
@@ -223,8 +217,14 @@ def seed_spread_table(
             return f"(n {n})"
         return f"± {r.seed_sd:.3f} ({r.seed_min:.3f}-{r.seed_max:.3f}, n {n})"
 
-    wide = sel.assign(spread=[text(r) for r in sel.itertuples(index=False)]).pivot(
-        index=["method", "variant"], columns="benchmark", values="spread")
+    spread = [text(r) for r in sel.itertuples(index=False)]
+    return _text_table(sel.assign(spread=spread), results, "spread")
+
+
+def _text_table(sel: pd.DataFrame, results: pd.DataFrame, column: str) -> pd.DataFrame:
+    """(method, variant) x benchmark table of the strings in ``column``, rows and columns
+    in ``pauc_table``'s order, empty strings where a cell has none."""
+    wide = sel.pivot(index=["method", "variant"], columns="benchmark", values=column)
     benchmarks = [b for b in pd.unique(results["benchmark"]) if b in set(sel["benchmark"])]
     wide = wide.reindex(index=_row_order(wide.index, results), columns=benchmarks)
     wide.index = pd.MultiIndex.from_tuples(wide.index.tolist(), names=["method", "variant"])

@@ -4,6 +4,11 @@ The peak is measured in the same run (fp32 square matmuls, best of several), so 
 is meaningful on whatever machine runs this. Also times the whole embed path (decode +
 align + network) on real LFW images. Writes benchmarks/results/embed.json.
 
+For dlib_resnet it also times the folded/fused fp32 copy (aikd.models.fused, what the
+embed stage now runs) against the channels-last module, interleaved round by round so
+load from other processes hits both alike, and reports the ratio, the max abs descriptor
+difference on the real faces, and the full path (decode + align + network) with each.
+
 Usage: python benchmarks/embed.py [--backbone dlib_resnet] [--batch 64] [--images 512]
 """
 
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from aikd.embed import embed_table
+from aikd.models.fused import fused_dlib
 from aikd.models.registry import RandomWeightsWarning, load_backbone
 
 RESULTS = Path(__file__).parent / "results" / "embed.json"
@@ -63,6 +69,19 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> float:
     return total / x.shape[0]
 
 
+def interleaved_rates(fns: dict[str, object], x: torch.Tensor, repeats: int
+                      ) -> dict[str, float]:
+    """images/s of each callable, timed in alternating rounds (median per callable)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for fn in fns.values():
+            fn(x)  # type: ignore[operator]
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                times[k].append(_timed(lambda fn=fn: fn(x)))  # type: ignore[operator]
+    return {k: x.shape[0] / statistics.median(v) for k, v in times.items()}
+
+
 def forward_rate(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     with torch.inference_mode():
         for _ in range(2):
@@ -101,13 +120,37 @@ def main() -> None:
         rate = forward_rate(m, inp, args.repeats)
         res[f"{name}_images_per_s"] = round(rate, 1)
         res[f"{name}_share_of_peak"] = round(rate * flops / 1e9 / peak, 3)
+    fused = fused_dlib(cl)
+    if fused is not None:
+        rates = interleaved_rates({"module": cl, "fused": fused},
+                                  x.contiguous(memory_format=torch.channels_last), args.repeats)
+        res["interleaved_module_images_per_s"] = round(rates["module"], 1)
+        res["interleaved_fused_images_per_s"] = round(rates["fused"], 1)
+        res["fused_speedup"] = round(rates["fused"] / rates["module"], 3)
     ref = LFW / "landmarks_5pt.csv"
     if ref.is_file():
         rows = pd.read_csv(ref).head(args.images).assign(root=str(LFW))
         with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            embed_table(cl, rows, Path(tmp) / "e.parquet", batch_size=args.batch, progress=False)
-            res["full_path_images_per_s"] = round(len(rows) / (time.perf_counter() - t0), 1)
+            # the module path: fused_dlib disabled for this call only
+            import aikd.embed as embed_mod
+
+            full: dict[str, float] = {}
+            tables = {}
+            for name, off in (("module", True), ("fused", False), ("module", True),
+                              ("fused", False)):
+                embed_mod.fused_dlib = (lambda _m: None) if off else fused_dlib
+                t0 = time.perf_counter()
+                _, vec, _ = embed_table(cl, rows, Path(tmp) / f"{name}{len(full)}.parquet",
+                                        batch_size=args.batch, progress=False)
+                full[name] = full.get(name, 0.0) + time.perf_counter() - t0
+                tables[name] = vec
+            embed_mod.fused_dlib = fused_dlib
+            res["full_path_images"] = len(rows)
+            for name, secs in full.items():
+                res[f"full_path_{name}_images_per_s"] = round(2 * len(rows) / secs, 1)
+            res["full_path_fused_speedup"] = round(full["module"] / full["fused"], 3)
+            res["fused_max_abs_descriptor_diff"] = float(
+                abs(tables["fused"] - tables["module"]).max())
     for k, v in res.items():
         print(f"{k:>32}: {v}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

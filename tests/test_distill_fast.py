@@ -19,7 +19,6 @@ import pytest
 import torch
 from conftest import labelled_lfw_rows
 
-from aikd.distill import fast
 from aikd.distill.config import DistillConfig
 from aikd.distill.fast import (
     DtypeAffine2d,
@@ -30,6 +29,7 @@ from aikd.distill.fast import (
 )
 from aikd.distill.model import build_models, load_quality_model, to_channels_last
 from aikd.distill.train import train_distill
+from aikd.models import fused as fused_mod
 from aikd.models.dlib_resnet import Affine2d
 
 #: First block of each dlib ResNet level after the stem (35, 17, 8, 4, 2 px), from the
@@ -78,7 +78,7 @@ def test_prefix_covers_the_blocks_before_the_first_trainable_stage(trainable, ex
 @pytest.mark.parametrize("fused", [True, False], ids=["onednn-fused", "plain-ops"])
 def test_prefix_computes_the_module_function(student, faces, fused, monkeypatch):
     if not fused:
-        monkeypatch.setattr(fast, "_FUSED", None)
+        monkeypatch.setattr(fused_mod, "_FUSED", None)
     with torch.no_grad():
         ref = student.backbone(faces)
         prefix = FrozenPrefix(student.backbone, 7, torch.float32)

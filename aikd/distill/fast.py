@@ -24,17 +24,12 @@ import logging
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from aikd.models.dlib_resnet import Affine2d, DlibResNet, add_zero_extended
+from aikd.models.dlib_resnet import Affine2d, DlibResNet
+from aikd.models.fused import FusedDlibResNet
 
 log = logging.getLogger(__name__)
-
-#: oneDNN convolution with a fused add/ReLU (what torch.compile's CPU backend emits);
-#: ~20 % faster than the separate ops in bf16. Absent: plain conv2d + relu.
-_FUSED = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-
 
 class DtypeAffine2d(Affine2d):
     """``Affine2d`` computed in the input's dtype (same parameters, same state dict)."""
@@ -55,55 +50,13 @@ def follow_input_dtype(module: nn.Module) -> nn.Module:
     return module
 
 
-def _fold(conv: nn.Conv2d, affine: Affine2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of ``affine(conv(x))`` as one convolution, in float64 then float32."""
-    s = affine.weight.detach().double()
-    w = conv.weight.detach().double() * s.view(-1, 1, 1, 1)
-    assert conv.bias is not None
-    b = conv.bias.detach().double() * s + affine.bias.detach().double()
-    return w.float(), b.float()
-
-
-class _Conv:
-    """One folded convolution: weight, bias, stride, padding (no autograd, no module)."""
-
-    def __init__(self, conv: nn.Conv2d, affine: Affine2d, dtype: torch.dtype,
-                 channels_last: bool) -> None:
-        w, b = _fold(conv, affine)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = w.to(dtype).contiguous(memory_format=fmt)
-        self.bias = b.to(dtype)
-        self.stride, self.padding = conv.stride, conv.padding
-
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``relu(conv(x) [+ residual])``, one oneDNN call with the add/relu fused on CPU."""
-        if _FUSED and x.device.type == "cpu":
-            args = (list(self.padding), list(self.stride), [1, 1], 1)
-            if residual is None:
-                return _FUSED(x, self.weight, self.bias, *args, "relu", [], "")
-            return _FUSED.binary(x, residual, self.weight, self.bias, *args, "add", 1.0,
-                                 "relu", [], "")
-        y = self.linear(x)
-        return F.relu(y if residual is None else y + residual)
-
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-
-
-def _extend(t: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``t`` zero-padded to (C, H, W) = ``size`` (trailing channels, bottom rows, right
-    columns), as dlib's ``add_prev`` treats the smaller tensor."""
-    c, h, w = size
-    pads = (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1])
-    return F.pad(t, pads) if any(pads) else t
-
-
-class FrozenPrefix:
+class FrozenPrefix(FusedDlibResNet):
     """The frozen stem + ``blocks[:n_blocks]`` of a dlib ResNet, folded for inference.
 
     ``features(x)`` is the input of ``blocks[n_blocks]`` for float NCHW RGB in [0, 255],
     in ``dtype``; with float32 it matches the module's own forward to float rounding
-    (folding reorders the arithmetic; tests/test_distill_fast.py bounds the difference).
+    (tests/test_distill_fast.py bounds the difference). The folding itself is
+    :class:`aikd.models.fused.FusedDlibResNet`'s; this adds the frozen-weights check.
     Built once from the weights at hand: valid only while they stay frozen.
     """
 
@@ -111,41 +64,11 @@ class FrozenPrefix:
                  channels_last: bool = True) -> None:
         if any(p.requires_grad for p in _prefix_params(backbone, n_blocks)):
             raise ValueError("FrozenPrefix: the stem and the folded blocks must be frozen")
-        if backbone.conv1.padding != (0, 0):
-            raise ValueError("FrozenPrefix: the input normalisation folds into conv1 only "
-                             "when conv1 is unpadded")
-        self.dtype, self.n_blocks, self.channels_last = dtype, n_blocks, channels_last
-        conv1 = _Conv(backbone.conv1, backbone.aff1, torch.float32, channels_last)
-        # conv1((x - m) / 256) = conv1'(x): W' = W / 256, b' = b - sum(W' * m); exact
-        # because conv1 has no padding (every tap sees a pixel, never a zero).
-        mean = backbone.rgb_mean.detach().double().view(1, 3, 1, 1)
-        w = conv1.weight.double() / 256.0
-        conv1.bias = (conv1.bias.double() - (w * mean).sum(dim=(1, 2, 3))).float().to(dtype)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        conv1.weight = w.float().to(dtype).contiguous(memory_format=fmt)
-        self.conv1 = conv1
-        self.blocks: list[tuple[_Conv, _Conv, bool]] = []
-        for block in list(backbone.blocks)[:n_blocks]:
-            body = block.body
-            self.blocks.append((_Conv(body.conv1, body.aff1, dtype, channels_last),
-                                _Conv(body.conv2, body.aff2, dtype, channels_last),
-                                bool(block.down)))
+        super().__init__(backbone, n_blocks, dtype, channels_last)
 
-    @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype)
-        x = F.max_pool2d(self.conv1(x), 3, 2)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        for conv_a, conv_b, down in self.blocks:
-            shortcut = F.avg_pool2d(x, 2, 2) if down else x
-            h = conv_a(x)
-            size = (conv_b.weight.shape[0], h.shape[2], h.shape[3])  # conv_b keeps H, W
-            if all(a <= b for a, b in zip(shortcut.shape[1:], size, strict=True)):
-                # dlib's zero-extending add, as the fused conv's residual input
-                x = conv_b(h, residual=_extend(shortcut, size).contiguous(memory_format=fmt))
-            else:
-                x = F.relu(add_zero_extended(conv_b.linear(h), shortcut))
-        return x
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """The input of ``blocks[n_blocks]`` (a feature map, not the pooled features)."""
+        return self.blocks(self.stem(x))
 
     def embed(self, backbone: DlibResNet, x: torch.Tensor) -> torch.Tensor:
         """``backbone(x)`` with the frozen prefix computed here (the rest by ``backbone``)."""

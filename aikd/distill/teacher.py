@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from aikd.faces import iter_faces, landmarks_array, row_files, to_float_input
+from aikd.models.fused import fused_dlib
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def teacher_embed_rows(
 def _embed(teacher: nn.Module, rows: pd.DataFrame, *, device: torch.device | str,
            batch_size: int, workers: int, channels_last: bool) -> np.ndarray:
     out = np.full((len(rows), int(teacher.embedding_dim)), np.nan, dtype=np.float32)
+    net = fused_dlib(teacher) or teacher  # dlib on CPU: folded/fused, same function
     for idx, batch, bad in iter_faces(row_files(rows), landmarks_array(rows),
                                       str(teacher.template), batch_size=batch_size,
                                       workers=workers):
@@ -99,5 +101,5 @@ def _embed(teacher: nn.Module, rows: pd.DataFrame, *, device: torch.device | str
             raise ValueError(f"teacher embedding failed: {bad[:3]}")
         if batch is not None:
             x = to_float_input(batch.to(device), channels_last)
-            out[idx] = teacher(x).float().cpu().numpy()
+            out[idx] = net(x).float().cpu().numpy()
     return out

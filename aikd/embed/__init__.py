@@ -24,13 +24,17 @@ from aikd.data.shards import build_in_shards
 
 # Aligned-face batching lives in aikd.faces; these names stay importable from here.
 from aikd.faces import iter_aligned, landmarks_array, map_aligned, row_files
+from aikd.models.fused import fused_dlib
 
 log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
 def embed_faces(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
-    return model(batch).float().cpu().numpy()
+    """(N, d) float32 embeddings of an aligned batch. A dlib ResNet on CPU runs its
+    folded/fused copy (aikd.models.fused): same descriptors to ~1e-6, ~1.9x faster."""
+    fused = fused_dlib(model)
+    return (model if fused is None else fused)(batch).float().cpu().numpy()
 
 
 def embed_table(

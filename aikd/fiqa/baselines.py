@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aikd.fiqa.batches import as_face_batch, eval_batches
+from aikd.models.fused import fused_dlib
 
 __all__ = ["flip_consistency", "sharpness"]
 
@@ -28,8 +29,9 @@ def flip_consistency(
     """
     x_all = as_face_batch(images, batch_size)
     out = np.empty(x_all.shape[0], dtype=np.float64)
+    net = fused_dlib(model) or model  # dlib on CPU: folded/fused, same function
     for lo, x in eval_batches(model, x_all, batch_size):
-        e = model(torch.cat([x, x.flip(-1)]))
+        e = net(torch.cat([x, x.flip(-1)]))
         e = F.normalize(e.to(torch.float64), dim=1)
         b = x.shape[0]
         out[lo : lo + b] = (e[:b] * e[b:]).sum(dim=1).cpu().numpy()

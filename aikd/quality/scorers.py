@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from aikd.models.fused import fused_dlib
+
 log = logging.getLogger("aikd")
 
 #: A scorer maps a batch (float NCHW RGB in [0, 255], aligned) to one quality per face
@@ -79,10 +81,18 @@ class SharedTrunkScorer:
         return [*self.models, *(["flip"] if self.flip else [])]
 
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:
+        fused = fused_dlib(self.reference)
+        if fused is not None:
+            return fused.blocks(fused.stem(x), 0, self.k)
         return self.reference.blocks[: self.k](self.reference.stem(x))
 
     @staticmethod
     def _tail(backbone: torch.nn.Module, h: torch.Tensor, k: int) -> torch.Tensor:
+        """``blocks[k:]``, pooling and ``fc`` of ``backbone``; folded and fused on CPU
+        (frozen weights at scoring time; the same function to float rounding)."""
+        fused = fused_dlib(backbone)
+        if fused is not None:
+            return fused.embed_from_features(fused.blocks(h, k).mean(dim=(2, 3)))
         return backbone.embed_from_features(backbone.blocks[k:](h).mean(dim=(2, 3)))
 
     def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -101,7 +111,7 @@ class SharedTrunkScorer:
             out[name] = m.to_label_scale(t.float()).numpy()
         if self.flip:
             e = self._tail(self.reference, h, self.k)
-            ef = self.reference(x.flip(-1))
+            ef = (fused_dlib(self.reference) or self.reference)(x.flip(-1))
             out["flip"] = torch.nn.functional.cosine_similarity(
                 e.double(), ef.double(), dim=1).numpy()
         return out

@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from aikd.distill.data import (
     filter_readable,
     seed_worker,
 )
+from aikd.distill.head_init import initialise_head
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import build_models, state_digest, to_channels_last
 from aikd.distill.teacher import read_teacher_cache, teacher_embed_rows
@@ -104,6 +105,8 @@ class TrainingRun:
     t_start: float
     #: seconds spent in setup, training steps, validations and checkpoints
     timings: dict[str, float]
+    #: the head before fine-tuning (aikd.distill.head_init.initialise_head), into metrics
+    head_init: dict[str, float] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -170,6 +173,8 @@ def prepare_run(
     plan = StepPlan.of(cfg, len(dataset), accelerator.num_processes)
 
     loss_fn = AIKDLoss(cfg.w, cfg.quality_loss, cfg.smooth_l1_beta)
+    head_init = _init_head(cfg, student, loss_fn, teacher, train, train_e, targets, val, val_e,
+                           label_norm, emb_kw)
     optimizer, swa_sched, warm_sched = _optimizer(cfg, student)
     swa_model = AveragedModel(student)
     student, optimizer = accelerator.prepare(student, optimizer)
@@ -188,8 +193,22 @@ def prepare_run(
         cfg, out, ckpt_dir, accelerator, label_norm, val, val_e, val_landmarks, skipped,
         dataset, _loader(cfg, accelerator, dataset, plan, state.step), plan, teacher, student,
         teacher_digest, need_teacher, loss_fn, optimizer, warm_sched, swa_sched, swa_model,
-        trainable, state, stop_after, on_validation, t_start, timings,
+        trainable, state, stop_after, on_validation, t_start, timings, head_init,
     )
+
+
+def _init_head(cfg: DistillConfig, student: nn.Module, loss_fn: AIKDLoss, teacher: nn.Module,
+               train: pd.DataFrame, train_e: np.ndarray | None, targets: np.ndarray,
+               val: pd.DataFrame, val_e: np.ndarray | None, label_norm: LabelNorm,
+               emb_kw: dict[str, Any]) -> dict[str, float]:
+    """The head before fine-tuning (``cfg.head_init``) and its fit on validation people.
+    Without a teacher cache the probe embeds the training images once."""
+    if cfg.head_init == "probe" and train_e is None:
+        train_e = teacher_embed_rows(teacher, train, **emb_kw)
+    val_t = label_norm.transform(val["quality"].to_numpy()) if val_e is not None else None
+    groups = train["identity"].tolist() if "identity" in train.columns else None
+    return initialise_head(cfg.head_init, student.head, loss_fn.quality_term, train_e, targets,
+                           groups=groups, seed=cfg.seed, val_features=val_e, val_targets=val_t)
 
 
 def _start(cfg: DistillConfig, out: Path, ckpt_dir: Path, resume: bool) -> Accelerator:

@@ -421,7 +421,7 @@ def test_saved_model_scores_in_label_scale(tiny_run, val_rows):
     assert {"val_l1", "val_spearman", "const_val_l1"} <= set(metrics)
     assert 0.0 <= metrics["val_l1"] <= 1.0 and -1.0 <= metrics["val_spearman"] <= 1.0
     # The default LP-FT head: its fit before fine-tuning is recorded beside the final one.
-    assert {"init_val_l1", "init_val_spearman", "probe_steps"} <= set(metrics)
+    assert {"init_val_l1", "init_val_spearman", "probe_alpha"} <= set(metrics)
 
 
 def test_progress_is_logged_to_the_active_mlflow_run(tiny_run):

@@ -21,6 +21,7 @@ import yaml
 QualityLoss = Literal["l1", "smooth_l1"]
 LabelNormKind = Literal["rank", "minmax", "none"]
 HeadInitKind = Literal["probe", "random"]
+HeadInputKind = Literal["unit", "raw"]
 
 _TRAINABLE_RE = re.compile(r"^(all|head|last_n_stages:\d+|last_n_tensors:\d+)$")
 
@@ -50,6 +51,9 @@ class DistillConfig:
     #: before fine-tuning (LP-FT, aikd.distill.head_init; docs/recipe.md); "random": the
     #: seeded random init of the official code.
     head_init: HeadInitKind = "probe"
+    #: What the head reads: "unit" the L2-normalised embedding, "raw" the embedding as is
+    #: (the official code); see model.QualityHead.
+    head_input: HeadInputKind = "unit"
     # --- data
     #: Train on a seeded random subset of this many images (None: all of them); 3500 x 3
     #: epochs is ~400 s on the loaded demo box, ~4 min on idle cores (docs/distillation.md).
@@ -114,6 +118,8 @@ class DistillConfig:
             )
         if self.head_init not in ("probe", "random"):
             raise ValueError(f"head_init must be 'probe' or 'random', got {self.head_init!r}")
+        if self.head_input not in ("unit", "raw"):
+            raise ValueError(f"head_input must be 'unit' or 'raw', got {self.head_input!r}")
         for name in ("batch_size", "grad_accum", "swa_every", "log_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

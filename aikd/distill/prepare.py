@@ -143,7 +143,8 @@ def prepare_run(
     main = accelerator.is_main_process
 
     train = subset_rows(train_all, cfg.train_subset, cfg.seed)
-    teacher, student = build_models(cfg.backbone, cfg.backbone_weights, cfg.trainable, cfg.seed)
+    teacher, student = build_models(cfg.backbone, cfg.backbone_weights, cfg.trainable, cfg.seed,
+                                    unit_input=cfg.head_input == "unit")
     teacher_digest = state_digest(teacher.backbone)
     template = str(student.backbone.template)
     skipped = pd.DataFrame(columns=["path", "message"])
@@ -173,7 +174,7 @@ def prepare_run(
     plan = StepPlan.of(cfg, len(dataset), accelerator.num_processes)
 
     loss_fn = AIKDLoss(cfg.w, cfg.quality_loss, cfg.smooth_l1_beta)
-    head_init = _init_head(cfg, student, loss_fn, teacher, train, train_e, targets, val, val_e,
+    head_init = _init_head(cfg, student, teacher, train, train_e, targets, val, val_e,
                            label_norm, emb_kw)
     optimizer, swa_sched, warm_sched = _optimizer(cfg, student)
     swa_model = AveragedModel(student)
@@ -197,7 +198,7 @@ def prepare_run(
     )
 
 
-def _init_head(cfg: DistillConfig, student: nn.Module, loss_fn: AIKDLoss, teacher: nn.Module,
+def _init_head(cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
                train: pd.DataFrame, train_e: np.ndarray | None, targets: np.ndarray,
                val: pd.DataFrame, val_e: np.ndarray | None, label_norm: LabelNorm,
                emb_kw: dict[str, Any]) -> dict[str, float]:
@@ -206,9 +207,8 @@ def _init_head(cfg: DistillConfig, student: nn.Module, loss_fn: AIKDLoss, teache
     if cfg.head_init == "probe" and train_e is None:
         train_e = teacher_embed_rows(teacher, train, **emb_kw)
     val_t = label_norm.transform(val["quality"].to_numpy()) if val_e is not None else None
-    groups = train["identity"].tolist() if "identity" in train.columns else None
-    return initialise_head(cfg.head_init, student.head, loss_fn.quality_term, train_e, targets,
-                           groups=groups, seed=cfg.seed, val_features=val_e, val_targets=val_t)
+    return initialise_head(cfg.head_init, student.head, train_e, targets, val_features=val_e,
+                           val_targets=val_t)
 
 
 def _start(cfg: DistillConfig, out: Path, ckpt_dir: Path, resume: bool) -> Accelerator:

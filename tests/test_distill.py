@@ -59,7 +59,7 @@ LANDMARKS = REPO / "data" / "landmarks" / "lfw" / "reference.parquet"
 TINY = dict(
     trainable="last_n_stages:1", train_subset=None, epochs=1.0, batch_size=6, num_workers=0,
     warmup_steps=1, checkpoint_every=2, swa_start=0.5, val_every=0, progress=False,
-    check_images=True,
+    check_images=True, head_init="probe", lr=3e-4, swa_lr=3e-4,  # the params.yaml recipe
 )
 
 
@@ -420,6 +420,8 @@ def test_saved_model_scores_in_label_scale(tiny_run, val_rows):
     # Learnability: the student's fit on the faces as aligned, beside a constant's.
     assert {"val_l1", "val_spearman", "const_val_l1"} <= set(metrics)
     assert 0.0 <= metrics["val_l1"] <= 1.0 and -1.0 <= metrics["val_spearman"] <= 1.0
+    # The default LP-FT head: its fit before fine-tuning is recorded beside the final one.
+    assert {"init_val_l1", "init_val_spearman", "probe_alpha"} <= set(metrics)
 
 
 def test_progress_is_logged_to_the_active_mlflow_run(tiny_run):

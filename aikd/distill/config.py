@@ -21,6 +21,8 @@ import yaml
 QualityLoss = Literal["l1", "smooth_l1"]
 LabelNormKind = Literal["rank", "minmax", "none"]
 Precision = Literal["fp32", "bf16"]
+HeadInitKind = Literal["probe", "random"]
+HeadInputKind = Literal["unit", "raw"]
 
 _TRAINABLE_RE = re.compile(r"^(all|head|last_n_stages:\d+|last_n_tensors:\d+)$")
 
@@ -46,6 +48,15 @@ class DistillConfig:
     quality_loss: QualityLoss = "l1"
     smooth_l1_beta: float = 0.5
     label_norm: LabelNormKind = "rank"
+    #: "probe": fit the quality head on the frozen teacher embeddings of the training images
+    #: before fine-tuning (LP-FT, aikd.distill.head_init; docs/recipe.md); "random": the
+    #: seeded random init of the official code. The code default stays "random" because
+    #: a probe head at the default lr 0.05 collapses (docs/recipe.md, run A); params.yaml
+    #: pairs "probe" with lr 3e-4.
+    head_init: HeadInitKind = "random"
+    #: What the head reads: "unit" the L2-normalised embedding, "raw" the embedding as is
+    #: (the official code); see model.QualityHead.
+    head_input: HeadInputKind = "unit"
     # --- data
     #: Train on a seeded random subset of this many images (None: all of them); 3500 x 3
     #: epochs is ~400 s on the loaded demo box, ~4 min on idle cores (docs/distillation.md).
@@ -116,6 +127,10 @@ class DistillConfig:
             raise ValueError(
                 f"label_norm must be 'rank', 'minmax' or 'none', got {self.label_norm!r}"
             )
+        if self.head_init not in ("probe", "random"):
+            raise ValueError(f"head_init must be 'probe' or 'random', got {self.head_init!r}")
+        if self.head_input not in ("unit", "raw"):
+            raise ValueError(f"head_input must be 'unit' or 'raw', got {self.head_input!r}")
         for name in ("batch_size", "grad_accum", "swa_every", "log_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

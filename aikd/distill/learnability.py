@@ -51,15 +51,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def fit_ridge(
-    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS
+    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS, unit: bool = True
 ) -> tuple[np.ndarray, float, float]:
-    """Ridge regression ``y ~ x @ w + b`` on L2-normalised rows, alpha by exact LOO on x.
+    """Ridge regression ``y ~ x @ w + b`` on L2-normalised rows (``unit``; else the rows as
+    given), alpha by exact LOO on x.
 
     Returns (w, b, alpha). The leave-one-out residuals of ridge have the closed form
     r_i / (1 - H_ii) (H the hat matrix of the centred design), computed for every alpha
     from one SVD, so the penalty is chosen on the training images alone.
     """
-    xu = _unit(x)
+    xu = _unit(x) if unit else np.asarray(x, dtype=np.float64)
     yv = np.asarray(y, dtype=np.float64)
     if xu.shape[0] != yv.shape[0] or xu.shape[0] < 2:
         raise ValueError(f"ridge needs >= 2 rows with one target each, got {xu.shape}, "

@@ -34,10 +34,24 @@ MODEL_FORMAT = "aikd-quality-model/1"
 
 
 class QualityHead(nn.Sequential):
-    """Linear(d, 2d) -> GELU -> Linear(2d, 1): the AI-KD regression head."""
+    """Linear(d, 2d) -> GELU -> Linear(2d, 1): the AI-KD regression head.
 
-    def __init__(self, dim: int) -> None:
+    ``unit_input``: read the L2-normalised embedding. The FR network is used through cosine
+    similarity and the SDD-FIQA / CR-FIQA labels are functions of it, so the embedding's
+    norm is a nuisance (on validation people a ridge probe reaches rho 0.71 on the unit
+    embedding of SDD-FIQA, 0.57 on the raw one; docs/recipe.md).
+    """
+
+    def __init__(self, dim: int, unit_input: bool = False) -> None:
         super().__init__(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, 1))
+        self.unit_input = bool(unit_input)
+
+    def features(self, emb: torch.Tensor) -> torch.Tensor:
+        """What the first Linear reads: the embedding, L2-normalised if ``unit_input``."""
+        return nn.functional.normalize(emb, dim=-1, eps=1e-8) if self.unit_input else emb
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.features(emb))
 
 
 # --------------------------------------------------------------------------- trainable tensors
@@ -145,10 +159,11 @@ class AIKDStudent(nn.Module):
 
     prefix: Any = None
 
-    def __init__(self, backbone: nn.Module, trainable: str = "all") -> None:
+    def __init__(self, backbone: nn.Module, trainable: str = "all",
+                 unit_input: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = QualityHead(int(backbone.embedding_dim))
+        self.head = QualityHead(int(backbone.embedding_dim), unit_input)
         self.trainable_names = select_trainable(backbone, trainable)
         chosen = set(self.trainable_names)
         for name, p in backbone.named_parameters():
@@ -168,14 +183,15 @@ class AIKDStudent(nn.Module):
 
 
 def build_models(
-    backbone: str, weights: str | Path | None, trainable: str, seed: int
+    backbone: str, weights: str | Path | None, trainable: str, seed: int,
+    unit_input: bool = False,
 ) -> tuple[FrozenTeacher, AIKDStudent]:
     """Teacher and student from one pretrained backbone (two independent copies)."""
     base = load_backbone(backbone, weights)
     teacher = FrozenTeacher(copy.deepcopy(base))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the head's init depends on the config seed only
-        student = AIKDStudent(base, trainable)
+        student = AIKDStudent(base, trainable, unit_input)
     return teacher, student
 
 
@@ -271,6 +287,7 @@ def save_quality_model(
         "embedding_dim": int(student.backbone.embedding_dim),
         "backbone_state": {k: v.detach().cpu() for k, v in student.backbone.state_dict().items()},
         "head_state": {k: v.detach().cpu() for k, v in student.head.state_dict().items()},
+        "head_unit_input": bool(student.head.unit_input),
         "label_norm": label_norm.to_dict(),
         "config": dict(config),
         "extra": dict(extra or {}),
@@ -292,7 +309,8 @@ def load_quality_model(path: str | Path, map_location: str | torch.device = "cpu
     name = payload["backbone"]
     backbone = _bare_backbone(name, p)
     backbone.load_state_dict(payload["backbone_state"])
-    head = QualityHead(int(payload["embedding_dim"]))
+    # Files written before the key existed had heads on the raw embedding.
+    head = QualityHead(int(payload["embedding_dim"]), bool(payload.get("head_unit_input")))
     head.load_state_dict(payload["head_state"])
     model = QualityModel(
         backbone,

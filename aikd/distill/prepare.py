@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from aikd.distill.data import (
     seed_worker,
 )
 from aikd.distill.fast import fold_frozen_prefix, follow_input_dtype
+from aikd.distill.head_init import initialise_head
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import build_models, state_digest, to_channels_last
 from aikd.distill.teacher import read_teacher_cache, teacher_embed_rows
@@ -106,6 +107,8 @@ class TrainingRun:
     t_start: float
     #: seconds spent in setup, training steps, validations and checkpoints
     timings: dict[str, float]
+    #: the head before fine-tuning (aikd.distill.head_init.initialise_head), into metrics
+    head_init: dict[str, float] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -150,7 +153,8 @@ def prepare_run(
     main = accelerator.is_main_process
 
     train = subset_rows(train_all, cfg.train_subset, cfg.seed)
-    teacher, student = build_models(cfg.backbone, cfg.backbone_weights, cfg.trainable, cfg.seed)
+    teacher, student = build_models(cfg.backbone, cfg.backbone_weights, cfg.trainable, cfg.seed,
+                                    unit_input=cfg.head_input == "unit")
     teacher_digest = state_digest(teacher.backbone)
     template = str(student.backbone.template)
     skipped = pd.DataFrame(columns=["path", "message"])
@@ -183,6 +187,8 @@ def prepare_run(
     plan = StepPlan.of(cfg, len(dataset), accelerator.num_processes)
 
     loss_fn = AIKDLoss(cfg.w, cfg.quality_loss, cfg.smooth_l1_beta)
+    head_init = _init_head(cfg, student, teacher, train, train_e, targets, val, val_e,
+                           label_norm, emb_kw)
     optimizer, swa_sched, warm_sched = _optimizer(cfg, student)
     # foreach lerp: what AveragedModel does by default on a GPU; its CPU default loops
     # over the tensors (13 vs 3 ms per update of the 5.6 M parameters)
@@ -206,8 +212,21 @@ def prepare_run(
         cfg, out, ckpt_dir, accelerator, label_norm, val, val_e, val_landmarks, skipped,
         dataset, _loader(cfg, accelerator, dataset, plan, state.step), plan, teacher, student,
         teacher_digest, need_teacher, loss_fn, optimizer, warm_sched, swa_sched, swa_model,
-        trainable, state, stop_after, on_validation, t_start, timings,
+        trainable, state, stop_after, on_validation, t_start, timings, head_init,
     )
+
+
+def _init_head(cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
+               train: pd.DataFrame, train_e: np.ndarray | None, targets: np.ndarray,
+               val: pd.DataFrame, val_e: np.ndarray | None, label_norm: LabelNorm,
+               emb_kw: dict[str, Any]) -> dict[str, float]:
+    """The head before fine-tuning (``cfg.head_init``) and its fit on validation people.
+    Without a teacher cache the probe embeds the training images once."""
+    if cfg.head_init == "probe" and train_e is None:
+        train_e = teacher_embed_rows(teacher, train, **emb_kw)
+    val_t = label_norm.transform(val["quality"].to_numpy()) if val_e is not None else None
+    return initialise_head(cfg.head_init, student.head, train_e, targets, val_features=val_e,
+                           val_targets=val_t)
 
 
 def _start(cfg: DistillConfig, out: Path, ckpt_dir: Path, resume: bool) -> Accelerator:

@@ -286,7 +286,8 @@ def _finish(run: TrainingRun, progress: _Progress) -> TrainResult:
     metrics: dict[str, float] = {}
     model_path: Path | None = None
     if run.main:
-        metrics = _validate(run, run.swa_model, run.val, run.val_e, final=True)
+        metrics = {**_validate(run, run.swa_model, run.val, run.val_e, final=True),
+                   **run.head_init}
         timings["final_validation_s"] = time.perf_counter() - t_val
         model_path = _publish(run, progress, metrics, history)
         log.info("distill done: %s", _fmt(metrics))

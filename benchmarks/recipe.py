@@ -145,8 +145,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("probe", "train"):
         p = sub.add_parser(name)
-        p.add_argument("--data", type=Path, default=Path("/work/main"),
-                       help="repository whose DVC outputs the study reads")
+        p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1],
+                       help="repository whose DVC outputs the study reads (default: this one)")
         p.add_argument("-S", "--set", action="append", default=[],
                        help="params override, e.g. distill.lr=0.01")
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe.jsonl"))

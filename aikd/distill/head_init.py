@@ -56,13 +56,18 @@ def _linears(head: nn.Module) -> tuple[list[nn.Module], nn.Linear]:
     return layers[:-1], layers[-1]
 
 
+def _head_input(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the head's first Linear reads: its own input transform (unit length), if any."""
+    return head.features(x) if hasattr(head, "features") else x
+
+
 @torch.no_grad()
 def _hidden(head: nn.Module, features: np.ndarray) -> np.ndarray:
     """The last Linear's input for raw embeddings (the head's own input transform first)."""
     body, last = _linears(head)
     p = last.weight
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(p.device, p.dtype)
-    h = head.features(x) if hasattr(head, "features") else x
+    h = _head_input(head, x)
     for layer in body:
         h = layer(h)
     return h.double().cpu().numpy()
@@ -100,7 +105,7 @@ def _standardise_first_layer(head: nn.Module, x: np.ndarray, gain: float) -> Non
         raise ValueError("the head needs a first Linear with a bias to standardise its input")
     p = first.weight
     t = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(p.device, p.dtype)
-    f = (head.features(t) if hasattr(head, "features") else t).double().cpu().numpy()
+    f = _head_input(head, t).double().cpu().numpy()
     mu, sd = f.mean(axis=0), f.std(axis=0)
     sd = np.where(sd > 1e-12, sd, 1.0)
     w = gain * first.weight.double().cpu().numpy() / sd

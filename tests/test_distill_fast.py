@@ -28,6 +28,7 @@ from aikd.distill.fast import (
     frozen_blocks,
 )
 from aikd.distill.model import build_models, load_quality_model, to_channels_last
+from aikd.distill.prepare import cpu_has_bf16, effective_precision
 from aikd.distill.train import train_distill
 from aikd.models import fused as fused_mod
 from aikd.models.dlib_resnet import Affine2d
@@ -40,6 +41,10 @@ LEVEL_STARTS = [0, 3, 7, 10, 13]
 #: change) drifts by 3.2e-3 on the same run, so the bound leaves room for the dynamics,
 #: not for a wrong gradient (which moves the curve by ~0.1 within a few steps).
 LOSS_ATOL = 0.01
+
+#: The bf16 checks need oneDNN's bf16 kernels (AVX-512 BF16 / AMX or AVX-NE-CONVERT); an
+#: AVX2-only CPU refuses them, and training there falls back to fp32 (effective_precision).
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 kernels")
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +93,7 @@ def test_prefix_computes_the_module_function(student, faces, fused, monkeypatch)
     assert rel < 1e-5, rel  # measured 7e-7: folding only reorders float32 arithmetic
 
 
+@needs_bf16
 def test_prefix_bf16_stays_close(student, faces):
     with torch.no_grad():
         ref = student.backbone(faces)
@@ -152,6 +158,18 @@ def rows(lfw_root: Path, lfw_reference: pd.DataFrame) -> tuple[pd.DataFrame, pd.
     return labelled_lfw_rows(lfw_root, lfw_reference, 48, 12)
 
 
+def test_bf16_falls_back_to_fp32_only_on_a_cpu_without_bf16() -> None:
+    cfg = DistillConfig(precision="bf16")
+    assert effective_precision(cfg, has_bf16=True).precision == "bf16"
+    assert effective_precision(cfg, has_bf16=False).precision == "fp32"
+    fp32 = DistillConfig(precision="fp32")
+    assert effective_precision(fp32, has_bf16=True).precision == "fp32"
+    # nothing else changes
+    fell = effective_precision(cfg, has_bf16=False)
+    assert {**fell.to_dict(), "precision": "bf16"} == cfg.to_dict()
+
+
+@needs_bf16
 def test_bf16_run_follows_the_fp32_loss_curve(rows, tmp_path):
     """The default (bf16 + prefix) and fp32 without prefix, same seed and batches: the
     per-step losses agree within LOSS_ATOL and the runs end in nearby weights. lr 0.01:

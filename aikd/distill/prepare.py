@@ -9,6 +9,7 @@ random-number streams, and with them the weights, are the same on every run and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -127,6 +128,27 @@ class TrainingRun:
                               enabled=self.cfg.precision == "bf16")
 
 
+def cpu_has_bf16() -> bool:
+    """oneDNN has bf16 convolution kernels on this CPU (AVX-512 BF16 / AMX, AVX-NE-CONVERT);
+    on an AVX2-only CPU its fused bf16 convolutions refuse to run."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def effective_precision(cfg: DistillConfig, *, has_bf16: bool | None = None) -> DistillConfig:
+    """``cfg`` as it can run here: ``precision: bf16`` on a CPU without bf16 kernels becomes
+    fp32 (the same training at fp32's speed, ~2x slower than bf16; a warning says so and
+    ``metrics.json``'s ``config.precision`` records it). On a GPU bf16 stays."""
+    if cfg.precision != "bf16" or torch.cuda.is_available():
+        return cfg
+    if has_bf16 is None:
+        has_bf16 = cpu_has_bf16()
+    if has_bf16:
+        return cfg
+    log.warning("distill: this CPU has no bf16 kernels (oneDNN); training in fp32 instead of "
+                "precision: bf16")
+    return dataclasses.replace(cfg, precision="fp32")
+
+
 def prepare_run(
     cfg: DistillConfig,
     train_rows: pd.DataFrame,
@@ -141,6 +163,7 @@ def prepare_run(
     on_validation: OnValidation | None,
 ) -> TrainingRun:
     """Check the data, build models and optimizer, and resume from a checkpoint if asked."""
+    cfg = effective_precision(cfg)
     t_start = time.perf_counter()
     timings = dict.fromkeys(("setup_s", "train_s", "train_cpu_s", "validation_s",
                              "checkpoint_s", "final_validation_s"), 0.0)
@@ -234,9 +257,6 @@ def _start(cfg: DistillConfig, out: Path, ckpt_dir: Path, resume: bool) -> Accel
     applies the precision, as Accelerate's process-wide state fixes one per process), a
     fresh checkpoint folder unless resuming, seeds."""
     cuda = torch.cuda.is_available()
-    if not cuda and cfg.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log.warning("precision bf16 on a CPU without native bf16 support is slow; "
-                    "set distill.precision: fp32")
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision="bf16" if cuda and cfg.precision == "bf16" else "no",

@@ -1,90 +1,129 @@
-"""Wall time of a `dvc repro`, per stage and per stage group, from a timestamped log.
+"""Wall time of a `dvc repro`, per stage and per stage group.
 
-Run the DAG with every output line stamped (unbuffered, so a stamp is when the line was
-written), e.g.::
+Measure a run (the stage a process is running is sampled every 2 s; DVC's own log is not
+timed, since a stage's output reaches a pipe in blocks)::
 
-    PYTHONUNBUFFERED=1 dvc repro 2>&1 | awk '{ print strftime("%H:%M:%S"), $0; fflush() }' \
-        > dag.log; echo "rc=$? end=$(date +%H:%M:%S)" >> dag.log
-    python benchmarks/dag_time.py dag.log --note "idle machine"
+    python benchmarks/dag_time.py run --note "idle machine" [-- -f]   # args after -- go
+                                                                       # to `dvc repro`
 
-A stage runs from its ``Running stage '<name>':`` line to the next stage's line (or the
-final ``end=`` line). Several logs (a run that was restarted) are read in order; the
-stages a later log skipped keep the time of the log that ran them. Writes
-``benchmarks/results/dag_time.json`` and prints a Markdown table.
+or summarise samples taken beside a run (``HH:MM:SS pipelines/<script>.py <args>`` lines,
+e.g. from ``ps`` in a loop), several files in order::
+
+    python benchmarks/dag_time.py samples part1.log part2.log --note "..."
+
+A stage runs from its first to its last sample (± the sampling period); its name comes from
+the command in ``dvc.lock``. Writes ``benchmarks/results/dag_time.json`` and prints a
+Markdown table per stage group.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-STAMP = r"(\d\d:\d\d:\d\d)"
-RUNNING = re.compile(STAMP + r" Running stage '([^']+)':")
-END = re.compile(r"rc=(\d+) end=(\d\d:\d\d:\d\d)")
+import yaml
+
+PERIOD_S = 2.0
 
 
-def stage_times(lines: list[str]) -> tuple[list[tuple[str, float]], int | None]:
-    """[(stage, minutes)] in run order and the run's exit status (None: no end line)."""
-    events: list[tuple[str | None, datetime]] = []
-    rc = None
-    day = datetime(2000, 1, 1)
-    last: datetime | None = None
+def stage_names(lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """``pipelines/x.py a b`` -> ``x@a-b``: each stage's command as dvc.lock records it."""
+    if not lock.is_file():
+        return {}
+    stages = yaml.safe_load(lock.read_text()).get("stages", {})
+    return {" ".join(str(s["cmd"]).split()[1:]): name for name, s in stages.items()}
 
-    def at(stamp: str) -> datetime:
-        nonlocal day, last
+
+def running_stages() -> list[str]:
+    """The ``pipelines/*.py`` commands running now (``ps``), arguments included."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith("python") and parts[1].startswith(
+                "pipelines/"):
+            found.append(" ".join(parts[1:]))
+    return found
+
+
+def spans(samples: list[tuple[datetime, str]]) -> dict[str, float]:
+    """{command: minutes from its first to its last sample}, in order of first sight."""
+    first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    for t, cmd in samples:
+        first.setdefault(cmd, t)
+        last[cmd] = t
+    return {cmd: ((last[cmd] - first[cmd]).total_seconds() + PERIOD_S) / 60 for cmd in first}
+
+
+def read_samples(path: Path) -> list[tuple[datetime, str]]:
+    out, day, prev = [], datetime(2000, 1, 1), None
+    for line in path.read_text().splitlines():
+        stamp, _, cmd = line.strip().partition(" ")
+        if not cmd.startswith("pipelines/"):
+            continue
         t = datetime.combine(day.date(), datetime.strptime(stamp, "%H:%M:%S").time())
-        if last is not None and t < last:  # past midnight
+        if prev is not None and t < prev:  # past midnight
             day += timedelta(days=1)
             t += timedelta(days=1)
-        last = t
-        return t
+        prev = t
+        out.append((t, " ".join(cmd.split())))
+    return out
 
-    for line in lines:
-        if m := RUNNING.match(line):
-            events.append((m.group(2), at(m.group(1))))
-        elif m := END.search(line):
-            rc = int(m.group(1))
-            events.append((None, at(m.group(2))))
-        elif m := re.match(STAMP + " ", line):
-            at(m.group(1))
-    out = []
-    for (name, start), (_, stop) in zip(events, events[1:], strict=False):
-        if name is not None:
-            out.append((name, (stop - start).total_seconds() / 60))
-    return out, rc
+
+def summarise(minutes_by_cmd: dict[str, float], note: str, out: Path,
+              extra: dict | None = None) -> None:
+    names = stage_names()
+    stages = {names.get(cmd, cmd): m for cmd, m in minutes_by_cmd.items()}
+    groups: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for name, minutes in stages.items():
+        key = name.split("@")[0].removeprefix("pipelines/").removesuffix(".py").split()[0]
+        groups[key] = groups.get(key, 0.0) + minutes
+        counts[key] = counts.get(key, 0) + 1
+    total = sum(stages.values())
+    result = {"total_minutes": round(total, 1), "note": note, **(extra or {}),
+              "sampling_period_s": PERIOD_S,
+              "groups_minutes": {k: round(v, 2) for k, v in groups.items()},
+              "stages_minutes": {k: round(v, 2) for k, v in stages.items()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| stage group | stages | minutes |\n|---|---|---|")
+    for key, minutes in groups.items():
+        print(f"| {key} | {counts[key]} | {minutes:.1f} |")
+    print(f"| **total** | {len(stages)} | **{total:.1f}** |")
+    print(f"wrote {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("logs", nargs="+", type=Path)
-    ap.add_argument("--note", default="", help="what the machine was doing meanwhile")
+    ap.add_argument("mode", choices=["run", "samples"])
+    ap.add_argument("files", nargs="*", type=Path, help="samples mode: the sample logs")
+    ap.add_argument("--note", default="", help="what else the machine was doing")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dag_time.json"))
-    args = ap.parse_args()
-    stages: dict[str, float] = {}
-    codes = []
-    for log in args.logs:
-        times, rc = stage_times(log.read_text(errors="replace").splitlines())
-        stages.update(times)
-        codes.append(rc)
-    groups: dict[str, float] = {}
-    for name, minutes in stages.items():
-        key = name.split("@")[0]
-        groups[key] = groups.get(key, 0.0) + minutes
-    total = sum(stages.values())
-    result = {"total_minutes": round(total, 1), "exit_codes": codes, "note": args.note,
-              "groups_minutes": {k: round(v, 2) for k, v in groups.items()},
-              "stages_minutes": {k: round(v, 2) for k, v in stages.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| stage group | stages | minutes |\n|---|---|---|")
-    for key, minutes in groups.items():
-        n = sum(1 for s in stages if s.split("@")[0] == key)
-        print(f"| {key} | {n} | {minutes:.1f} |")
-    print(f"| **total** | {len(stages)} | **{total:.1f}** |")
-    print(f"wrote {args.out}")
+    args, rest = ap.parse_known_args()
+    if args.mode == "samples":
+        samples = [s for f in args.files for s in read_samples(f)]
+        summarise(spans(samples), args.note, args.out)
+        return
+    repro = ["dvc", "repro", *[a for a in rest if a != "--"]]
+    start = time.monotonic()
+    proc = subprocess.Popen(repro)
+    samples: list[tuple[datetime, str]] = []
+    while proc.poll() is None:
+        now = datetime.now()
+        samples += [(now, cmd) for cmd in running_stages()]
+        time.sleep(PERIOD_S)
+    wall = (time.monotonic() - start) / 60
+    summarise(spans(samples), args.note, args.out,
+              {"command": " ".join(repro), "exit_code": proc.returncode,
+               "wall_minutes": round(wall, 1)})
+    sys.exit(proc.returncode)
 
 
 if __name__ == "__main__":

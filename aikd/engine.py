@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -83,6 +84,12 @@ def connect(settings: EngineSettings) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
     if address is None:  # a Ray of our own: just the CPUs the actors are meant to use
         kwargs["num_cpus"] = settings.num_workers * settings.threads
+        # Its workers inherit this environment: make them import the aikd this process
+        # runs (a checkout need not be the installed copy).
+        here = str(Path(__file__).resolve().parents[1])
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if here not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, *paths]))
     ray.init(address=address, **kwargs)
 
 
@@ -141,7 +148,7 @@ def ray_map_chunks(
         fn_constructor_kwargs={"make_fn": make_fn, "threads": settings.threads},
         batch_size=None,  # a whole block, i.e. one chunk, per call
         batch_format="pandas",
-        concurrency=settings.num_workers,
+        compute=ray.data.ActorPoolStrategy(size=settings.num_workers),
         num_cpus=settings.threads,
     )
     pending: dict[int, list[pa.Table]] = {}

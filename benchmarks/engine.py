@@ -17,7 +17,7 @@ engine on one thread (``(t_ray_w1 - t_local_t1) / N``), the max abs difference o
 embeddings between the engines, and a machine note (CPUs, load average before and after,
 versions): a loaded machine makes every ratio meaningless, so read the load first.
 
-The real measurement (1,000 images, on an idle machine; ~3-4 minutes on 2 cores):
+The real measurement (1,000 images; run it on an otherwise idle machine):
 
     python benchmarks/engine.py --images 1000
 

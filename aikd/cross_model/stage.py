@@ -20,12 +20,13 @@ from aikd.paths import embeddings_path, landmarks_path, manifest_path
 def cross_embed_stage(params: Mapping[str, Any], dataset: str, detector: str,
                       backbone: str) -> Path:
     """Embed the ``cross_model.splits`` faces that ``detector`` found with ``backbone``
-    (resumable, as ``embed``). Weights not on disk: an empty table and the reason in
-    ``<table>_failures.csv``, so the DAG still runs and the report says the network was
-    not evaluated."""
+    (resumable, as ``embed``; local or Ray as ``engine`` says). Weights not on disk: an
+    empty table and the reason in ``<table>_failures.csv``, so the DAG still runs and the
+    report says the network was not evaluated."""
     import mlflow
 
     from aikd.embed import embed_table
+    from aikd.engine import engine_settings
     from aikd.models.registry import load_backbone
     from aikd.tracking import stage_run
 
@@ -51,7 +52,7 @@ def cross_embed_stage(params: Mapping[str, Any], dataset: str, detector: str,
     marks = pd.read_parquet(landmarks_path(params, dataset, detector))
     rows = manifest[["root", "path"]].merge(marks[marks["status"] == "ok"], on="path")
     meta, _, failed = embed_table(model, rows, out, batch_size=cfg.batch_size,
-                                  workers=cfg.workers)
+                                  workers=cfg.workers, engine=engine_settings(params))
     failed.to_csv(failures_path(out), index=False)
     with stage_run("cross_embed", params,
                    run_name=f"cross_embed-{dataset}-{detector}-{backbone}",

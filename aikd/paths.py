@@ -24,9 +24,16 @@ def landmarks_path(params: Mapping[str, Any], dataset: str, detector: str) -> Pa
     return Path(section(params, "landmarks")["out_dir"]) / detector / f"{dataset}.parquet"
 
 
-def embeddings_path(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
+def embeddings_path(params: Mapping[str, Any], dataset: str, detector: str,
+                    backbone: str | None = None) -> Path:
+    """``<dir>/<detector>/<dataset>_<backbone>.parquet``. The training network
+    (``embed.backbone``, the default) lives under ``embed.out_dir``; any other network (the
+    cross-model evaluation) under ``cross_model.out_dir``, so that adding one never changes
+    the embeddings folder that labels and training depend on."""
     cfg = section(params, "embed")
-    return Path(cfg["out_dir"]) / detector / f"{dataset}_{cfg['backbone']}.parquet"
+    net = backbone or str(cfg["backbone"])
+    root = cfg["out_dir"] if net == cfg["backbone"] else section(params, "cross_model")["out_dir"]
+    return Path(root) / detector / f"{dataset}_{net}.parquet"
 
 
 def labels_path(params: Mapping[str, Any], method: str) -> Path:

@@ -79,6 +79,32 @@ def differences_table(diffs: pd.DataFrame, fmr: float, threshold: str,
     return sel.to_markdown(index=False, floatfmt=".3f")
 
 
+def network_headline(results: dict[str, pd.DataFrame], fmr: float, threshold: str,
+                     training: str, benchmarks: list[str]) -> str:
+    """Mean primary pAUC over ``benchmarks`` per FR network, alignment (the training one,
+    the misaligned mean) and trained method: B, C, T and T - B (seed means). The
+    same-model row (the network the students were trained against) beside the
+    cross-model rows."""
+    lines = ["| FR network | alignment | method | B | C | T | T − B |",
+             "|---|---|---|---|---|---|---|"]
+    for net, frame in results.items():
+        sel = seed_means(frame)
+        sel = sel[(sel["fmr"].sub(fmr).abs() < 1e-12) & (sel["threshold"] == threshold)
+                  & sel["benchmark"].isin(benchmarks) & sel["variant"].isin(["B", "C", "T"])]
+        sel = sel.assign(alignment=sel["detector"].where(sel["detector"] == training,
+                                                         "misaligned (mean)"))
+        table = sel.groupby(["alignment", "method", "variant"])["pauc"].mean().unstack()
+        order = sorted(table.index, key=lambda k: (k[0] != training, k[1]))
+        for align, method in order:
+            row = table.loc[(align, method)]
+            vals = [row.get(v, math.nan) for v in ("B", "C", "T")]
+            diff = vals[2] - vals[0]
+            cells = [f"{v:.3f}" if math.isfinite(v) else "—" for v in vals]
+            cells.append(f"{diff:+.3f}" if math.isfinite(diff) else "—")
+            lines.append(f"| {net} | {align} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -99,10 +125,30 @@ def main() -> None:
             title = f"Primary setting (FMR {fmr:g}, {threshold} threshold)"
             print(f"\n## {title}: {', '.join(benches)}\n")
             print(primary_table(results, fmr, threshold, detectors, benches))
+    main_fr = params["embed"]["backbone"]
     diff_path = Path(ev["out_dir"]) / "differences.parquet"
-    if diff_path.is_file():
+    diffs = pd.read_parquet(diff_path) if diff_path.is_file() else None
+    if diffs is not None:
         print("\n## Paired differences (misaligned cells, primary setting)\n")
-        print(differences_table(pd.read_parquet(diff_path), fmr, threshold, training))
+        print(differences_table(diffs[diffs["fr_model"] == main_fr], fmr, threshold,
+                                training))
+    nets = {main_fr: results}
+    for net in (params.get("cross_model") or {}).get("backbones", []):
+        path = reports / f"results_long_{net}.csv"
+        if path.is_file():
+            nets[net] = pd.read_csv(path)
+    benches = [b for b in ("lfw-id", "ytf-id") if b in set(results["benchmark"])]
+    print(f"\n## Same-model and cross-model headline (mean pAUC over {', '.join(benches)})\n")
+    print(network_headline(nets, fmr, threshold, training, benches))
+    for net, frame in nets.items():
+        if net == main_fr:
+            continue
+        print(f"\n## Cross-model ({net}), primary setting: {', '.join(benches)}\n")
+        print(primary_table(frame, fmr, threshold, detectors, benches))
+        if diffs is not None:
+            print(f"\n## Cross-model ({net}) paired differences\n")
+            print(differences_table(diffs[diffs["fr_model"] == net], fmr, threshold,
+                                    training))
     learn = reports / "learnability_seeds.csv"  # mean and SD over seeds per run
     if not learn.is_file():
         learn = reports / "learnability.csv"

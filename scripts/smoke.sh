@@ -48,5 +48,27 @@ dvc repro
 git add -A >/dev/null && dvc status
 dvc metrics show
 python scripts/drill_data.py check
+# The Ray engine (docs/engine.md) on one stage: the drill's embed again, on a Ray of two
+# one-thread actors, into another folder; its table must be the DAG's (local engine).
+python pipelines/embed.py drill dlib -S engine.kind=ray -S engine.batch_size=8 \
+  -S embed.out_dir=ray_check
+python - <<'PY'
+import numpy as np
+import pandas as pd
+import yaml
+
+from aikd.data.io import read_vectors
+
+backbone = yaml.safe_load(open("params.yaml"))["embed"]["backbone"]
+local_meta, local = read_vectors(f"data/embeddings/dlib/drill_{backbone}.parquet")
+ray_meta, on_ray = read_vectors(f"ray_check/dlib/drill_{backbone}.parquet")
+assert ray_meta["path"].tolist() == local_meta["path"].tolist(), "ray: other rows"
+diff = float(np.abs(on_ray - local).max()) if len(local) else 0.0
+assert diff <= 1e-4, f"ray engine: embeddings differ from the local engine's by {diff}"
+failures = [pd.read_csv(f"{d}/dlib/drill_{backbone}_failures.csv")
+            for d in ("data/embeddings", "ray_check")]
+pd.testing.assert_frame_equal(failures[1], failures[0])  # same bad images, same messages
+print(f"smoke: ray engine embed of drill = local ({len(local)} faces, max |diff| {diff:.1e})")
+PY
 echo "smoke: whole DAG in $(( $(date +%s) - start )) s in $work"
 if [ -z "${1:-}" ]; then rm -rf "$work"; fi

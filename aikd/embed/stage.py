@@ -13,6 +13,7 @@ import torch
 
 from aikd.config import from_section
 from aikd.embed import embed_table
+from aikd.engine import engine_settings
 from aikd.paths import embeddings_path, landmarks_path, manifest_path
 
 
@@ -46,12 +47,13 @@ def embed_stage(params: Mapping[str, Any], dataset: str, detector: str) -> Path:
     model = load_backbone(cfg.backbone, cfg.backbone_weights).eval().to(
         memory_format=torch.channels_last)
     out = embeddings_path(params, dataset, detector)
+    engine = engine_settings(params)
     meta, vectors, failed = embed_table(model, rows, out, batch_size=cfg.batch_size,
-                                        workers=cfg.workers)
+                                        workers=cfg.workers, engine=engine)
     failed.to_csv(out.with_name(out.stem + "_failures.csv"), index=False)
     with stage_run("embed", params, run_name=f"embed-{dataset}-{detector}",
                    log_params={"dataset": dataset, "detector": detector,
-                               **dataclasses.asdict(cfg)}):
+                               **dataclasses.asdict(cfg), "engine": engine.kind}):
         mlflow.log_metrics({"embed.images": len(meta), "embed.failures": len(failed),
                             "embed.skipped_no_landmarks": int((marks["status"] != "ok").sum())})
     print(f"embed {dataset}/{detector}: {len(meta)} faces, {len(failed)} failures")

@@ -140,9 +140,11 @@ def alignment_table(
 
 def write_alignment_report(table: pd.DataFrame, out_dir: str | Path, *, split: str,
                            max_images_per_identity: int | None,
-                           fmrs: Sequence[float]) -> tuple[Path, Path]:
+                           fmrs: Sequence[float],
+                           unavailable: Mapping[str, str] | None = None) -> tuple[Path, Path]:
     """``alignment_fnmr.csv`` and ``alignment_fnmr.md`` (the table, how its pairs were made
-    and which alignment gives the lowest FNMR per data set, network and FMR)."""
+    and which alignment gives the lowest FNMR per data set, network and FMR; networks that
+    could not be evaluated, ``unavailable``: {network: why}, are named under it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "alignment_fnmr.csv"
@@ -177,6 +179,8 @@ def write_alignment_report(table: pd.DataFrame, out_dir: str | Path, *, split: s
             lines.append(f"- {ds}, `{col}`: {', '.join(ties)} ({best[col]:.4f}; "
                          f"{int(best['n_mated'])} mated pairs, so one pair = "
                          f"{1 / max(int(best['n_mated']), 1):.4f})")
+    for net, reason in (unavailable or {}).items():
+        lines.append(f"- network `{net}` not evaluated: {reason}")
     md = out / "alignment_fnmr.md"
     md.write_text("\n".join(lines) + "\n")
     return csv, md
@@ -184,23 +188,30 @@ def write_alignment_report(table: pd.DataFrame, out_dir: str | Path, *, split: s
 
 def alignment_stage(params: Mapping[str, Any]) -> pd.DataFrame:
     """DVC stage ``alignment``: the table for every data set and every
-    ``landmarks.detectors`` entry, with the ``embed.backbone`` network."""
+    ``landmarks.detectors`` entry, with the ``embed.backbone`` network and every available
+    cross-model network (``cross_model.backbones``; one not on disk is named in the
+    report, not an error)."""
     from aikd.config import section
+    from aikd.cross_model import fr_models_of
     from aikd.data.io import read_vectors
     from aikd.paths import embeddings_path, landmarks_path, manifest_path
 
     cfg = dict(section(params, "alignment"))
     detectors = list(section(params, "landmarks")["detectors"])
-    network = str(section(params, "embed")["backbone"])
+    datasets = list(section(params, "datasets"))
+    networks, unavailable = fr_models_of(params, [(ds, det) for ds in datasets
+                                                  for det in detectors])
+    for net, reason in unavailable.items():
+        print(f"alignment: network {net} left out: {reason}")
     fmrs = [float(f) for f in cfg["fmrs"]]
     tables = []
-    for dataset in section(params, "datasets"):
+    for dataset in datasets:
         manifest = pd.read_parquet(manifest_path(params, dataset))
         if not (manifest["split"] == cfg["split"]).any():
             print(f"alignment: {dataset} has no {cfg['split']} images, skipped")
             continue
-        embeddings = {(det, network): read_vectors(embeddings_path(params, dataset, det))
-                      for det in detectors}
+        embeddings = {(det, net): read_vectors(embeddings_path(params, dataset, det, net))
+                      for det in detectors for net in networks}
         marks = {det: pd.read_parquet(landmarks_path(params, dataset, det))
                  for det in detectors}
         try:
@@ -215,6 +226,7 @@ def alignment_stage(params: Mapping[str, Any]) -> pd.DataFrame:
                            f"its {cfg['split']} people")
     table = pd.concat(tables, ignore_index=True)
     write_alignment_report(table, cfg["out_dir"], split=cfg["split"],
-                           max_images_per_identity=cfg["max_images_per_identity"], fmrs=fmrs)
+                           max_images_per_identity=cfg["max_images_per_identity"], fmrs=fmrs,
+                           unavailable=unavailable)
     print(table.to_string(index=False))
     return table

@@ -37,7 +37,8 @@ from aikd.evaluation.tables import (
     to_markdown,
 )
 
-__all__ = ["CURVE_KEYS", "benchmarks_table", "report_stage", "write_benchmarks", "write_report"]
+__all__ = ["CURVE_KEYS", "benchmarks_table", "cross_model_note", "evaluated_networks",
+           "report_stage", "write_benchmarks", "write_report"]
 
 CURVE_KEYS = ["fr_model", "detector", "benchmark", "method", "variant"]
 CurveKey = tuple[str, str, str, str, str]  # fr_model, detector, benchmark, method, variant
@@ -223,10 +224,10 @@ def benchmarks_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_benchmarks(results: pd.DataFrame, rep: Path) -> list[Path]:
-    """``benchmarks.csv`` and ``benchmarks.md`` (see ``benchmarks_table``)."""
+def write_benchmarks(results: pd.DataFrame, rep: Path, suffix: str = "") -> list[Path]:
+    """``benchmarks<suffix>.csv`` and ``.md`` (see ``benchmarks_table``)."""
     table = benchmarks_table(results)
-    csv, md = rep / "benchmarks.csv", rep / "benchmarks.md"
+    csv, md = rep / f"benchmarks{suffix}.csv", rep / f"benchmarks{suffix}.md"
     table.to_csv(csv, index=False)
     md.write_text("# Benchmarks\n\nIdentities, pairs and FNMR before discarding (with the "
                   "failing mated pairs it rests on) per FMR and alignment. identity_disjoint: "
@@ -237,7 +238,7 @@ def write_benchmarks(results: pd.DataFrame, rep: Path) -> list[Path]:
 
 
 def _log_mlflow(written: dict[str, Path], results: pd.DataFrame, metrics: dict,
-                primary: PrimaryMode) -> None:
+                primary: PrimaryMode, prefix: str = "") -> None:
     """Log to the active MLflow run, if any; never imports MLflow just to find out."""
     mlflow = sys.modules.get("mlflow")
     if mlflow is None or mlflow.active_run() is None:
@@ -258,7 +259,8 @@ def _log_mlflow(written: dict[str, Path], results: pd.DataFrame, metrics: dict,
             name = r.method if r.variant == CONTEXT_VARIANT else f"{r.method}_{r.variant}"
             key = "/".join(_slug(x) for x in (r.fr_model, r.detector, r.benchmark, name))
             flat[f"pauc/{key}"] = float(r.pauc)
-    mlflow.log_metrics(flat)
+    mlflow.log_metrics({(f"{prefix}/{k}" if prefix and not k.startswith("pauc/") else k): v
+                        for k, v in flat.items()})
 
 
 def write_report(
@@ -272,6 +274,10 @@ def write_report(
     reference: str,
     differences: pd.DataFrame | None = None,
     reports_subdir: str = "reports",
+    suffix: str = "",
+    extra_metrics: Mapping[str, Any] | None = None,
+    metrics_out: dict[str, Any] | None = None,
+    summary_tail: str = "",
 ) -> dict[str, Path]:
     """Write every table, figure, the summary and the metrics; return {relative path: path}.
 
@@ -290,6 +296,11 @@ def write_report(
     ``reports_subdir`` renames ``reports/`` (the DVC stage writes ``reports/evaluation``
     so that its output directory does not overlap other stages' reports).
     Results may carry an ``n_dropped`` column (pairs lost to missing faces); it is shown.
+    ``suffix`` (a cross-model network's report, ``_<network>``) names the summary,
+    benchmarks and long tables ``summary<suffix>.md`` etc.; its metrics go to
+    ``metrics_out`` (a dict filled in place), not to a file. ``extra_metrics`` are added
+    to ``metrics/evaluation.json`` (the cross-model block), ``summary_tail`` to the end of
+    the summary.
     """
     check_results(results)
     results = results[results["fr_model"].isin(fr_models) & results["detector"].isin(detectors)]
@@ -307,30 +318,34 @@ def write_report(
     misaligned = [d for d in detectors if d != reference]
     paths, missing = _write_tables(results, fr_models, detectors, misaligned, rep, primary,
                                    reference)
-    paths += write_benchmarks(results, rep)
+    paths += write_benchmarks(results, rep, suffix)
     paths += _write_figures(results, curves, fr_models, detectors, rep, primary)
-    long_path = rep / "results_long.csv"
+    long_path = rep / f"results_long{suffix}.csv"
     long.to_csv(long_path, index=False)
     paths.append(long_path)
     if diff_long is not None:
-        diff_path = rep / "differences_long.csv"
+        diff_path = rep / f"differences_long{suffix}.csv"
         diff_long.to_csv(diff_path, index=False)
         paths.append(diff_path)
 
     text, tallies = summary_text(results, misaligned, differences, fr_models, detectors,
                                  missing, primary, reference)
-    summary_path = rep / "summary.md"
-    summary_path.write_text(text)
+    summary_path = rep / f"summary{suffix}.md"
+    summary_path.write_text(text + summary_tail)
     paths.append(summary_path)
 
     metrics = headline_metrics(results, tallies, fr_models, primary, reference)
     metrics.update(seed_metrics(long))
-    metrics_path = met / "evaluation.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    paths.append(metrics_path)
+    metrics.update(extra_metrics or {})
+    if metrics_out is not None:
+        metrics_out.update(metrics)
+    if not suffix:
+        metrics_path = met / "evaluation.json"
+        metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+        paths.append(metrics_path)
 
     written = {p.relative_to(out).as_posix(): p for p in paths}
-    _log_mlflow(written, results, metrics, primary)
+    _log_mlflow(written, results, metrics, primary, prefix=suffix.strip("_"))
     return written
 
 
@@ -398,15 +413,31 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
     diffs = pd.read_parquet(src / "differences.parquet")
     curves = {tuple(str(v) for v in key): g.drop(columns=CURVE_KEYS).reset_index(drop=True)
               for key, g in curve_frame.groupby(CURVE_KEYS, sort=False)}
-    fr_models = [section(params, "embed")["backbone"]]
+    main_fr = str(section(params, "embed")["backbone"])
+    evaluated = evaluated_networks(src, main_fr)
+    common = {"detectors": settings.detectors_of(params), "primary": settings.primary,
+              "reference": settings.training_detector(params),
+              "differences": diffs if len(diffs) else None,
+              "reports_subdir": settings.reports_dir}
     with stage_run("report", params, run_name="report",
                    log_params={"evaluate": section(params, "evaluate")}):
-        written = write_report(results, curves, ".", fr_models=fr_models,
-                               detectors=settings.detectors_of(params),
-                               primary=settings.primary,
-                               reference=settings.training_detector(params),
-                               differences=diffs if len(diffs) else None,
-                               reports_subdir=settings.reports_dir)
+        cross: dict[str, Any] = {}
+        written: dict[str, Path] = {}
+        for fr in evaluated["evaluated"]:
+            if fr == main_fr:
+                continue
+            cross[fr] = {"evaluated": True}
+            written.update(write_report(results, curves, ".", fr_models=[fr],
+                                        suffix=f"_{_slug(fr)}", metrics_out=cross[fr],
+                                        **common))
+        for fr, reason in evaluated["not_evaluated"].items():
+            cross[fr] = {"evaluated": False, "reason": reason}
+        extra = {"fr_model": main_fr, "cross_model": cross} if cross else {"fr_model": main_fr}
+        written.update(write_report(results, curves, ".", fr_models=[main_fr],
+                                    extra_metrics=extra,
+                                    summary_tail=cross_model_note(main_fr, cross,
+                                                                  settings.primary),
+                                    **common))
         distill = params.get("distill") or {"runs": {}, "out_dir": "models"}
         table = learnability_table(distill["runs"], distill["out_dir"],
                                    seeds=params.get("train_seeds"))
@@ -415,3 +446,45 @@ def report_stage(params: Mapping[str, Any]) -> dict[str, Path]:
             mlflow.log_artifact(str(path))
     print((Path(settings.reports_dir) / "summary.md").read_text())
     return written
+
+
+def evaluated_networks(evaluation_dir: str | Path, main: str) -> dict[str, Any]:
+    """The evaluate stage's ``fr_models.json`` ({evaluated: [...], not_evaluated: {net:
+    why}}); results written before it existed are of ``main`` alone."""
+    path = Path(evaluation_dir) / "fr_models.json"
+    if not path.is_file():
+        return {"evaluated": [main], "not_evaluated": {}}
+    return json.loads(path.read_text())
+
+
+def cross_model_note(main: str, cross: Mapping[str, Mapping[str, Any]],
+                     primary: PrimaryMode) -> str:
+    """The end of summary.md: each cross-model network's T-vs-B verdict in the primary
+    setting (its own summary and tables: ``summary_<network>.md``, ``pauc_<network>_*``),
+    or why it was not evaluated."""
+    lines = ["", "## Cross-model evaluation", "",
+             f"The quality models were trained against {main}; the tables above compare "
+             f"pairs with {main}'s scores. Below, the same quality scores rank the pairs as "
+             "another FR network compares them (the faces aligned to that network's own "
+             "template from the same detector's landmarks).", ""]
+    if not cross:
+        lines.append("No cross-model network is configured (params `cross_model.backbones`).")
+    for fr, m in cross.items():
+        if not m.get("evaluated"):
+            lines.append(f"- **{fr}**: not evaluated ({m.get('reason', 'no reason recorded')}).")
+            continue
+        wins, cells = m.get("aikd_wins"), m.get("aikd_cells")
+        p = m.get("win_share_p_value")
+        holm = m.get("significant_after_holm", {})
+        text = (f"- **{fr}** (summary_{_slug(fr)}.md): at FMR {primary.fmr:g}, "
+                f"{primary.threshold} threshold, T has the lower pAUC than B in {wins} of "
+                f"{cells} misaligned cells")
+        if p is not None:
+            text += f" (one-sided sign test p = {p:.3g})"
+        text += (f"; after Holm, T is better in {holm.get('T', 0)} and B in "
+                 f"{holm.get('B', 0)}.")
+        if m.get("aikd_cells_t_vs_c"):
+            text += (f" T beats C in {m.get('aikd_wins_t_vs_c')} of "
+                     f"{m.get('aikd_cells_t_vs_c')}.")
+        lines.append(text)
+    return "\n".join(lines) + "\n"

@@ -144,14 +144,18 @@ def _quality_of(table: pd.DataFrame, column: str, paths: pd.Series) -> np.ndarra
     return paths.map(table.set_index("path")[column]).to_numpy(dtype=np.float64)
 
 
-def _load_cell(params: Mapping[str, Any], bench: str, det: str) -> _Cell:
+def _load_cell(params: Mapping[str, Any], bench: str, det: str,
+               fr_model: str | None = None) -> _Cell:
+    """Similarity from ``fr_model``'s embeddings (default ``embed.backbone``) of the faces
+    ``det`` aligned; quality from the quality stage on that detector's crops (the quality
+    models' own template), whichever network compares the faces."""
     from aikd.data.io import read_vectors
     from aikd.evaluation.benchmarks import pair_scores
     from aikd.paths import embeddings_path, quality_path
 
     dataset = benchmark_specs(params)[bench].dataset
     pairs = benchmark_pairs(params, bench)
-    meta, vectors = read_vectors(embeddings_path(params, dataset, det))
+    meta, vectors = read_vectors(embeddings_path(params, dataset, det, fr_model))
     scored = pair_scores(pairs, meta, vectors)
     qtable = pd.read_parquet(quality_path(params, dataset, det))
     qa = {c: _quality_of(qtable, c, scored.pairs["path_a"]) for c in method_columns(qtable)}
@@ -359,24 +363,34 @@ def _reemit_other_warnings(caught: list[warnings.WarningMessage]) -> None:
 def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """Every cell of the comparison; writes results, curves and T-B / T-C differences.
 
+    A cell is (FR model, benchmark, detector): ``embed.backbone`` and every cross-model
+    network whose embeddings exist (``aikd.cross_model``); ``fr_models.json`` beside the
+    results names the networks evaluated and why any other was not.
     pAUC is undefined in many cells of a tiny benchmark (no error to remove); instead of
     one UndefinedPAUCWarning per cell the stage prints one line saying how many and why.
     """
+    import json
+
+    from aikd.cross_model import fr_models_of
     from aikd.data.io import write_parquet_atomic
 
     settings = evaluate_settings(params)
-    fr_model = section(params, "embed")["backbone"]
     seed = int(params["seed"])
     results: list[dict[str, Any]] = []
     curves: list[pd.DataFrame] = []
     diffs: list[dict[str, Any]] = []
     specs = benchmark_specs(params)
-    cells = [(b, d) for b in specs for d in settings.detectors_of(params)]
+    detectors = settings.detectors_of(params)
+    fr_models, unavailable = fr_models_of(
+        params, sorted({(spec.dataset, d) for spec in specs.values() for d in detectors}))
+    for net, reason in unavailable.items():
+        print(f"evaluate: FR network {net} not evaluated: {reason}")
+    cells = [(fr, b, d) for fr in fr_models for b in specs for d in detectors]
     no_people: set[str] = set()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedPAUCWarning)
-        for bench, det in tqdm(cells, desc="evaluate", unit="cell"):
-            cell = _load_cell(params, bench, det)
+        for fr_model, bench, det in tqdm(cells, desc="evaluate", unit="cell"):
+            cell = _load_cell(params, bench, det, fr_model)
             if bootstrap_kind(cell.pairs) == "pair":
                 no_people.add(bench)
             keys = {"fr_model": fr_model, "detector": det, "benchmark": bench}
@@ -397,8 +411,10 @@ def evaluate_stage(params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
                 frame[col] = frame[col].astype("Int64")
     for name, frame in frames.items():
         write_parquet_atomic(frame, out_dir / f"{name}.parquet")
+    (out_dir / "fr_models.json").write_text(json.dumps(
+        {"evaluated": fr_models, "not_evaluated": unavailable}, indent=2) + "\n")
     print(f"evaluate: {len(frames['results'])} result rows over {len(cells)} "
-          "(benchmark, detector) cells")
+          "(FR model, benchmark, detector) cells")
     note = undefined_pauc_note(frames["results"], caught)
     if note:
         print(note)

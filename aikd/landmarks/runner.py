@@ -9,9 +9,10 @@ detector exception becomes a row with a status, never an aborted run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from aikd.data.images import ImageReadError, read_rgb
 from aikd.data.io import write_parquet_atomic
+from aikd.engine import EngineSettings, ray_map_chunks
 from aikd.landmarks.base import BOX_COLUMNS, POINT_COLUMNS, Detection, LandmarkDetector
 from aikd.landmarks.reference import ReferenceDetector
 from aikd.landmarks.registry import get_detector
@@ -133,6 +135,40 @@ def _process(
         ]
 
 
+def _ray_detector(detector: str | LandmarkDetector, detector_kwargs: dict[str, Any],
+                  batch_size: int) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The chunk function of a Ray actor: the detector is created (its model loaded) once
+    per actor, then every chunk gives one typed row per image, as :func:`_process` does."""
+    det = detector if isinstance(detector, LandmarkDetector) else get_detector(
+        detector, **detector_kwargs)
+    if det.reads_pixels:
+        _ = det.model
+
+    def fn(rows: pd.DataFrame) -> pd.DataFrame:
+        return _typed([row for chunk in _process(det, rows, batch_size) for row in chunk])
+
+    return fn
+
+
+def _ray_process(
+    detector: str | LandmarkDetector, detector_kwargs: dict[str, Any], pending: pd.DataFrame,
+    batch_size: int, engine: EngineSettings, progress: bool,
+) -> Iterator[list[dict[str, Any]]]:
+    """:func:`_process` on Ray: chunks of ``engine.batch_size`` images on the actors,
+    yielded (as output rows) in the order they finish."""
+    kwargs = dict(detector_kwargs)
+    if "threads" in kwargs:  # each actor gets the engine's threads, not the stage's
+        kwargs["threads"] = engine.threads
+    size = engine.batch_size
+    chunks = [(k, pending.iloc[lo:lo + size])
+              for k, lo in enumerate(range(0, len(pending), size))]
+    name = detector if isinstance(detector, str) else detector.name
+    factory = functools.partial(_ray_detector, detector, kwargs, batch_size)
+    for _, table in ray_map_chunks(chunks, factory, engine, desc=f"landmarks {name}",
+                                   progress=progress):
+        yield _typed(table.to_pandas()).to_dict("records")
+
+
 def _load_done(out_path: Path, detector: str) -> pd.DataFrame:
     """Rows finished by earlier runs: the final file and/or the partial checkpoint."""
     tables = []
@@ -165,6 +201,7 @@ def run_landmarks(
     checkpoint_every: int = 500,
     progress: bool = True,
     retry_errors: bool = True,
+    engine: EngineSettings | None = None,
     **detector_kwargs: Any,
 ) -> pd.DataFrame:
     """Detect landmarks for every manifest row; return the table in manifest order.
@@ -176,7 +213,9 @@ def run_landmarks(
     running on a subset never discards earlier work. ``detector`` is a registry name (its
     kwargs in ``detector_kwargs``) or a ready instance. The model is loaded before the
     first image, so a broken installation fails at once instead of filling a table with
-    errors. The reference detector reads its table, not the image files.
+    errors. The reference detector reads its table, not the image files. ``engine``
+    ``kind: ray`` detects on Ray actors (:mod:`aikd.engine`), each loading the detector
+    once; checkpoints, resume and the status rows are the same.
     """
     missing = [c for c in ("root", "path", "dataset") if c not in manifest.columns]
     if missing:
@@ -201,9 +240,15 @@ def run_landmarks(
         log.info("%s: %d of %d images already done", out_path, len(rows) - len(pending), len(rows))
 
     new: list[dict[str, Any]] = []
-    if len(pending):
-        new = _detect_pending(det, pending, done, partial, batch_size, checkpoint_every,
-                              progress)
+    if len(pending) and engine is not None and engine.is_ray:
+        source = _ray_process(detector, detector_kwargs, pending, batch_size, engine, progress)
+        new = _collect(source, done, partial, len(pending), det.name, checkpoint_every,
+                       progress=False)  # the Ray engine shows its own bars
+    elif len(pending):
+        if det.reads_pixels:
+            _ = det.model  # load now: a missing model file is a setup error, not N rows
+        new = _collect(_process(det, pending, batch_size), done, partial, len(pending),
+                       det.name, checkpoint_every, progress)
     elif out_path.is_file() and not partial.is_file():
         return _in_manifest_order(done, rows)
 
@@ -220,21 +265,19 @@ def run_landmarks(
     return ordered
 
 
-def _detect_pending(
-    det: LandmarkDetector, pending: pd.DataFrame, done: pd.DataFrame, partial: Path,
-    batch_size: int, checkpoint_every: int, progress: bool,
+def _collect(
+    source: Iterator[list[dict[str, Any]]], done: pd.DataFrame, partial: Path, total: int,
+    name: str, checkpoint_every: int, progress: bool,
 ) -> list[dict[str, Any]]:
     """Rows of the images not done yet, flushed (with ``done``) to ``partial`` every
     ``checkpoint_every`` images and when interrupted."""
-    if det.reads_pixels:
-        _ = det.model  # load now: a missing model file is a setup error, not N rows
     from tqdm import tqdm
 
     new: list[dict[str, Any]] = []
-    bar = tqdm(total=len(pending), unit="img", desc=f"landmarks {det.name}", disable=not progress)
+    bar = tqdm(total=total, unit="img", desc=f"landmarks {name}", disable=not progress)
     since_flush = 0
     try:
-        for chunk_rows in _process(det, pending, batch_size):
+        for chunk_rows in source:
             new.extend(chunk_rows)
             bar.update(len(chunk_rows))
             since_flush += len(chunk_rows)

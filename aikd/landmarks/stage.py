@@ -55,9 +55,11 @@ def landmark_rows(params: Mapping[str, Any], manifest: pd.DataFrame, detector: s
 
 def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.DataFrame:
     """Detect 5 landmarks with one detector on one data set (resumable), then validate."""
+    from aikd.engine import engine_settings
     from aikd.landmarks.runner import run_landmarks
 
     cfg = landmarks_settings(params)
+    engine = engine_settings(params)
     manifest = pd.read_parquet(manifest_path(params, dataset))
     rows = landmark_rows(params, manifest, detector)
     out = landmarks_path(params, dataset, detector)
@@ -69,6 +71,7 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
         batch_size=int(cfg.batch_size),
         checkpoint_every=int(cfg.checkpoint_every),
         threads=int(cfg.threads),
+        engine=engine,
     )
     report = validate_landmarks(
         table, manifest, f"{dataset}_{detector}", float(cfg.max_failure_rate)
@@ -79,7 +82,8 @@ def landmarks_stage(params: Mapping[str, Any], dataset: str, detector: str) -> p
         "landmarks",
         params,
         run_name=f"landmarks-{dataset}-{detector}",
-        log_params={"dataset": dataset, "detector": detector, **asdict(cfg)},
+        log_params={"dataset": dataset, "detector": detector, **asdict(cfg),
+                    "engine": engine.kind},
     ):
         mlflow.log_metrics({f"landmarks.{k}": float(v) for k, v in status.items()})
         mlflow.log_metric("landmarks.found_share", status.get("ok", 0) / max(len(table), 1))

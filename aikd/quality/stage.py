@@ -20,6 +20,7 @@ import torch
 
 from aikd.config import from_mapping, from_section, section
 from aikd.embed.stage import EmbedSettings
+from aikd.engine import engine_settings
 from aikd.evaluation.benchmarks import benchmark_pairs, benchmarks_of
 from aikd.evaluation.tables import method_columns
 from aikd.landmarks.base import POINT_COLUMNS
@@ -138,14 +139,16 @@ def quality_stage(params: Mapping[str, Any], dataset: str, detector: str) -> pd.
     rows = rows.merge(marks[["path", *POINT_COLUMNS]], on="path", how="left")
     scorers, template, signature = build_scorers(params)
     out = quality_path(params, dataset, detector)
+    engine = engine_settings(params)
     with torch.inference_mode():
         table = score_faces(rows, scorers, template, out, signature=signature,
-                            batch_size=cfg.batch_size, workers=cfg.workers)
+                            batch_size=cfg.batch_size, workers=cfg.workers, engine=engine)
     counts = table["status"].where(table["status"].isin(["ok", "no_landmarks"]),
                                    "error").value_counts().to_dict()
     with stage_run("quality", params, run_name=f"quality-{dataset}-{detector}",
                    log_params={"dataset": dataset, "detector": detector,
-                               "methods": method_columns(table), **dataclasses.asdict(cfg)}):
+                               "methods": method_columns(table), **dataclasses.asdict(cfg),
+                               "engine": engine.kind}):
         mlflow.log_metrics({f"quality.{k}": float(v) for k, v in counts.items()})
     print(f"quality {dataset}/{detector}: {len(table)} images {counts}; "
           f"methods {method_columns(table)}")

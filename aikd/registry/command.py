@@ -95,6 +95,7 @@ def run_score(args: argparse.Namespace) -> int:
     """Score the images into ``args.out`` and print the per-status summary."""
     import torch
 
+    from aikd.engine import engine_settings
     from aikd.scoring import list_images, load_scorer, score_to_csv
     from aikd.tracking import tracking_uri
 
@@ -106,7 +107,10 @@ def run_score(args: argparse.Namespace) -> int:
         args.model, detector=args.detector, batch_size=args.batch_size,
         threads=args.threads, tracking_uri=tracking_uri(params), backend=args.backend,
     )
-    summary = score_to_csv(scorer, rows, args.out, progress=not args.no_progress)
-    print(f"{summary.line()} [{scorer.detector_name}, student on {scorer.backend}] "
+    engine = engine_settings(params)  # -S engine.kind=ray: score on Ray (docs/engine.md)
+    summary = score_to_csv(scorer, rows, args.out, progress=not args.no_progress,
+                           engine=engine)
+    print(f"{summary.line()} [{scorer.detector_name}, student on {scorer.backend}, "
+          f"{engine.kind} engine] "
           f"-> {args.out}")
     return 0

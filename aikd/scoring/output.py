@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from aikd.engine import EngineSettings, ray_map_chunks
 from aikd.scoring.scorer import SCORE_STATUSES, QualityScorer
 
 log = logging.getLogger(__name__)
@@ -41,11 +45,41 @@ class ScoreSummary:
         return {"images": self.total, **self.counts, "seconds": round(self.seconds, 3)}
 
 
+def _ray_score_fn(scorer: QualityScorer) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The chunk function of a Ray actor: its own copy of the scorer (student and
+    detector, loaded once per actor) scores each chunk."""
+    return scorer.score_frame
+
+
+def _ray_scores(scorer: QualityScorer, rows: pd.DataFrame, engine: EngineSettings,
+                progress: bool) -> Iterator[pd.DataFrame]:
+    """Score chunks of ``engine.batch_size`` rows on Ray actors, in input order (a chunk
+    that finishes early waits for the ones before it, so the CSV keeps the input order)."""
+    rows = rows.reset_index(drop=True)
+    scorer.plan(len(rows))  # the backend `auto` picks for the whole job, not per chunk
+    # What travels to the actors: no ONNX session or loaded detector (not picklable, and
+    # each actor loads its own: the detector again by its registry name).
+    shipped = copy.copy(scorer)
+    shipped._session, shipped._detector, shipped.threads = None, None, engine.threads
+    size = engine.batch_size
+    chunks = [(k, rows.iloc[lo:lo + size]) for k, lo in enumerate(range(0, len(rows), size))]
+    done: dict[int, pd.DataFrame] = {}
+    nxt = 0
+    for k, table in ray_map_chunks(chunks, partial(_ray_score_fn, shipped), engine,
+                                   desc="score", progress=progress):
+        done[k] = table.to_pandas()
+        while nxt in done:
+            yield done.pop(nxt)
+            nxt += 1
+
+
 def score_to_csv(
-    scorer: QualityScorer, rows: pd.DataFrame, out: str | Path, *, progress: bool = True
+    scorer: QualityScorer, rows: pd.DataFrame, out: str | Path, *, progress: bool = True,
+    engine: EngineSettings | None = None,
 ) -> ScoreSummary:
     """Score ``rows`` (``root, path``) chunk by chunk into ``out`` (CSV, written atomically:
-    a temporary file renamed at the end) and return the per-status summary."""
+    a temporary file renamed at the end) and return the per-status summary. ``engine``
+    ``kind: ray`` scores the chunks on Ray actors (:mod:`aikd.engine`), same rows."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -54,7 +88,10 @@ def score_to_csv(
     shown = 0
     with tmp.open("w", newline="") as fh:
         header = True
-        for table in scorer.iter_scores(rows, progress=progress):
+        tables = (_ray_scores(scorer, rows, engine, progress)
+                  if engine is not None and engine.is_ray
+                  else scorer.iter_scores(rows, progress=progress))
+        for table in tables:
             table.to_csv(fh, header=header, index=False, float_format="%.8g")
             header = False
             summary.add(table)

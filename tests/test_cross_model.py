@@ -158,6 +158,8 @@ def test_cross_embed_stage_embeds_real_faces_with_faceres(
     """faceres (weights from scripts/fetch_faceres.sh) on 6 LFW faces: only the configured
     splits, one 1024-D finite descriptor per face, and a pair of the same person closer than
     pairs of different people on average."""
+    import mlflow
+
     import aikd.tracking
     from aikd.cross_model.stage import cross_embed_stage
     from aikd.models.faceres import default_faceres_weights_path
@@ -166,6 +168,10 @@ def test_cross_embed_stage_embeds_real_faces_with_faceres(
         pytest.skip("faceres weights not fetched (bash scripts/fetch_faceres.sh)")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(aikd.tracking, "stage_run", lambda *a, **k: contextlib.nullcontext())
+    # without the stage's run, mlflow.log_metrics would start a run of its own and leave
+    # it active for every later test
+    logged: list[dict] = []
+    monkeypatch.setattr(mlflow, "log_metrics", logged.append)
     ref = pd.read_csv(lfw_root / "landmarks_5pt.csv")
     ref["identity"] = ref["path"].str.split("/").str[-2]
     two = ref[ref["identity"].isin(["Aaron_Eckhart", "Abdullah_Gul"])]
@@ -187,6 +193,8 @@ def test_cross_embed_stage_embeds_real_faces_with_faceres(
     out = cross_embed_stage(params, "lfw", "reference", "faceres")
     meta, vecs = read_vectors(out)
     assert len(meta) == 6 and vecs.shape == (6, 1024) and np.isfinite(vecs).all()
+    assert logged == [{"cross_embed.images": 6, "cross_embed.failures": 0}]
+    assert mlflow.active_run() is None
     assert set(meta["path"]) == set(manifest.loc[manifest["split"] == "test", "path"])
     unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     order = meta["path"].tolist()

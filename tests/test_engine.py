@@ -37,9 +37,11 @@ MB = 2**20
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_engine() -> Iterator[EngineSettings]:
-    """A local two-node Ray cluster; the engine settings that use it (chunks of 4 rows)."""
+    """A local two-node Ray cluster; the engine settings that use it (chunks of 4 rows).
+    Module-scoped: this driver can hold one Ray connection at a time, and the tuning
+    tests' session Ray (tests/test_tuning.py) starts after this cluster is shut down."""
     from ray.cluster_utils import Cluster
 
     old = os.environ.get("PYTHONPATH")

@@ -39,16 +39,25 @@ def stage_names(lock: Path = Path("dvc.lock")) -> dict[str, str]:
     return {" ".join(str(s["cmd"]).split()[1:]): name for name, s in stages.items()}
 
 
-def running_stages() -> list[str]:
-    """The ``pipelines/*.py`` commands running now (``ps``), arguments included."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+def running_stages(root_pid: int) -> list[str]:
+    """The ``pipelines/*.py`` commands running now under ``root_pid`` (the ``dvc repro``),
+    arguments included; other processes (another checkout's DVC run) are not counted."""
+    import psutil
+
     found = []
-    for line in out.splitlines():
-        parts = line.split()
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for child in children:
+        try:
+            parts = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
         if len(parts) >= 2 and parts[0].endswith("python") and parts[1].startswith(
                 "pipelines/"):
             found.append(" ".join(parts[1:]))
-    return found
+    return sorted(set(found))
 
 
 def spans(samples: list[tuple[datetime, str]]) -> dict[str, float]:
@@ -117,7 +126,7 @@ def main() -> None:
     samples: list[tuple[datetime, str]] = []
     while proc.poll() is None:
         now = datetime.now()
-        samples += [(now, cmd) for cmd in running_stages()]
+        samples += [(now, cmd) for cmd in running_stages(proc.pid)]
         time.sleep(PERIOD_S)
     wall = (time.monotonic() - start) / 60
     summarise(spans(samples), args.note, args.out,

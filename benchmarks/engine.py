@@ -17,6 +17,13 @@ engine on one thread (``(t_ray_w1 - t_local_t1) / N``), the max abs difference o
 embeddings between the engines, and a machine note (CPUs, load average before and after,
 versions): a loaded machine makes every ratio meaningless, so read the load first.
 
+Where Ray's time goes (``ray_fixed_cost``): the wall time of the same Ray Data pipeline
+whose actors do nothing (``noop_pipeline_s``: the fixed price of any Ray Data run here,
+actor and executor start), and the steady-state images/s of 2 Ray workers, from the
+arrival times of the chunks after each worker's first one (``ray_w2_steady``); with them,
+the number of images from which 2 Ray workers would overtake the local engine on 2 threads
+(``break_even_images``; null when their steady rate is not higher).
+
 The real measurement (1,000 images; run it on an otherwise idle machine):
 
     python benchmarks/engine.py --images 1000
@@ -32,14 +39,16 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from aikd.embed import embed_table
-from aikd.engine import EngineSettings, connect
+from aikd.embed import _ray_embedder, embed_table
+from aikd.engine import EngineSettings, connect, ray_map_chunks
 from aikd.models.registry import load_backbone
 
 RESULTS = Path(__file__).parent / "results" / "engine.json"
@@ -69,6 +78,45 @@ def timed_embed(model: torch.nn.Module, rows: pd.DataFrame, work: Path, name: st
     print(f"{name}: {len(rows)} images in {seconds:.1f} s ({len(rows) / seconds:.1f} img/s)",
           flush=True)
     return seconds, vectors
+
+
+def _passthrough(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows
+
+
+def _passthrough_factory() -> Callable[[pd.DataFrame], pd.DataFrame]:
+    return _passthrough
+
+
+def noop_pipeline_seconds(workers: int) -> float:
+    """Wall time of a Ray Data pipeline of the engine's shape (4 chunks, ``workers`` actors)
+    whose chunk function returns its rows: what any Ray engine run pays before any work."""
+    chunks = [(k, pd.DataFrame({"x": np.arange(8)})) for k in range(4)]
+    settings = EngineSettings(kind="ray", num_workers=workers, batch_size=8, threads=1)
+    t0 = time.perf_counter()
+    for _ in ray_map_chunks(chunks, _passthrough_factory, settings, desc="noop",
+                            progress=False):
+        pass
+    return time.perf_counter() - t0
+
+
+def ray_steady_rate(model: torch.nn.Module, rows: pd.DataFrame, *, workers: int, chunk: int,
+                    batch: int) -> dict[str, float]:
+    """Images/s of ``workers`` Ray actors once each has delivered its first chunk (model
+    loaded, kernels warm): the images of the later chunks over the time they took."""
+    settings = EngineSettings(kind="ray", num_workers=workers, batch_size=chunk, threads=1)
+    chunks = [(k, rows.iloc[lo:lo + chunk]) for k, lo in enumerate(range(0, len(rows), chunk))]
+    if len(chunks) <= workers + 1:
+        raise SystemExit(f"--images {len(rows)}: too few chunks of {chunk} for a steady rate")
+    t0 = time.perf_counter()
+    arrivals = []
+    for _, table in ray_map_chunks(chunks, partial(_ray_embedder, model, batch), settings,
+                                   desc="steady", progress=False):
+        arrivals.append((time.perf_counter() - t0, table.num_rows))
+    start = arrivals[workers - 1][0]
+    later = sum(n for _, n in arrivals[workers:])
+    return {"total_s": round(arrivals[-1][0], 2), "first_chunks_done_s": round(start, 2),
+            "images_per_s": round(later / (arrivals[-1][0] - start), 2)}
 
 
 def main() -> None:
@@ -103,9 +151,16 @@ def main() -> None:
             t[f"ray_w{w}"], v[f"ray_w{w}"] = timed_embed(
                 model, rows, work, f"ray_w{w}", threads=1, workers=0, batch=args.batch,
                 engine=engine)
+        noop_s = noop_pipeline_seconds(2)
+        steady = ray_steady_rate(model, rows, workers=2, chunk=args.chunk, batch=args.batch)
         ray_version = ray.__version__
         ray.shutdown()
     n = len(rows)
+    # Ray's time for N images ~ fixed + N / steady rate; it overtakes the local engine on 2
+    # threads (N / local rate) only if its steady rate is higher.
+    r_local, r_ray = n / t["local_t2"], steady["images_per_s"]
+    fixed = t["ray_w2"] - n / r_ray
+    break_even = (int(round(fixed / (1 / r_local - 1 / r_ray))) if r_ray > r_local else None)
     result = {
         "images": n,
         "network_batch": args.batch,
@@ -117,6 +172,12 @@ def main() -> None:
         "ratio_ray_w2_vs_ray_w1": round(t["ray_w1"] / t["ray_w2"], 3),
         "ray_w1_overhead_ms_per_image_vs_local_t1": round(
             1000 * (t["ray_w1"] - t["local_t1"]) / n, 2),
+        "ray_fixed_cost": {
+            "noop_pipeline_s": round(noop_s, 2),
+            "ray_w2_steady": steady,
+            "local_t2_images_per_s": round(n / t["local_t2"], 2),
+            "break_even_images": break_even,
+        },
         "max_abs_diff_vs_local_t1": {
             k: float(np.abs(v[k] - v["local_t1"]).max()) for k in v if k != "local_t1"},
         "machine": {

@@ -175,7 +175,7 @@ def main() -> None:
         "ray_fixed_cost": {
             "noop_pipeline_s": round(noop_s, 2),
             "ray_w2_steady": steady,
-            "local_t2_images_per_s": round(n / t["local_t2"], 2),
+            "local_t2_images_per_s": round(r_local, 2),
             "break_even_images": break_even,
         },
         "max_abs_diff_vs_local_t1": {

@@ -5,6 +5,8 @@ timed, since a stage's output reaches a pipe in blocks)::
 
     python benchmarks/dag_time.py run --note "idle machine" [-- -f]   # args after -- go
                                                                        # to `dvc repro`
+    python benchmarks/dag_time.py run --exp-run --out benchmarks/results/dag_time_seeds.json \
+        -- -S 'train_seeds=[0,1,2]'                                    # `dvc exp run` instead
 
 or summarise samples taken beside a run (``HH:MM:SS pipelines/<script>.py <args>`` lines,
 e.g. from ``ps`` in a loop), several files in order::
@@ -115,12 +117,15 @@ def main() -> None:
     ap.add_argument("files", nargs="*", type=Path, help="samples mode: the sample logs")
     ap.add_argument("--note", default="", help="what else the machine was doing")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dag_time.json"))
+    ap.add_argument("--exp-run", action="store_true",
+                    help="time `dvc exp run` (e.g. a params change such as more seeds)")
     args, rest = ap.parse_known_args()
     if args.mode == "samples":
         samples = [s for f in args.files for s in read_samples(f)]
         summarise(spans(samples), args.note, args.out)
         return
-    repro = ["dvc", "repro", *[a for a in rest if a != "--"]]
+    dvc = ["dvc", "exp", "run"] if args.exp_run else ["dvc", "repro"]
+    repro = [*dvc, *[a for a in rest if a != "--"]]
     start = time.monotonic()
     proc = subprocess.Popen(repro)
     samples: list[tuple[datetime, str]] = []

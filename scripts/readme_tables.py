@@ -1,6 +1,9 @@
 """Print the README's result tables from what `dvc repro` wrote (no number typed by hand).
 
-Usage: python scripts/readme_tables.py [--params params.yaml]
+Usage: python scripts/readme_tables.py [--root DIR]
+
+``--root`` reads a results snapshot instead of the workspace (a folder with the same
+layout, e.g. ``reports/snapshots/three_seeds`` from ``scripts/snapshot_results.py``).
 
 Reads reports/evaluation/{results_long,benchmarks,learnability}.csv,
 data/evaluation/differences.parquet and reports/landmarks/alignment_fnmr.csv and prints
@@ -107,11 +110,13 @@ def network_headline(results: dict[str, pd.DataFrame], fmr: float, threshold: st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--root", type=Path, default=Path("."),
+                    help="the workspace (default) or a results snapshot of the same layout")
     args = ap.parse_args()
-    params = yaml.safe_load(Path(args.params).read_text())
+    root: Path = args.root
+    params = yaml.safe_load((root / "params.yaml").read_text())
     ev = params["evaluate"]
-    reports = Path(ev["reports_dir"])
+    reports = root / ev["reports_dir"]
     primary = ev["primary"]
     fmr, threshold = float(primary["fmr"]), str(primary["threshold"])
     training = params["landmarks"]["training_detector"]
@@ -126,7 +131,7 @@ def main() -> None:
             print(f"\n## {title}: {', '.join(benches)}\n")
             print(primary_table(results, fmr, threshold, detectors, benches))
     main_fr = params["embed"]["backbone"]
-    diff_path = Path(ev["out_dir"]) / "differences.parquet"
+    diff_path = root / ev["out_dir"] / "differences.parquet"
     diffs = pd.read_parquet(diff_path) if diff_path.is_file() else None
     if diffs is not None:
         print("\n## Paired differences (misaligned cells, primary setting)\n")
@@ -155,7 +160,7 @@ def main() -> None:
     if learn.is_file():
         print("\n## Learnability\n")
         print(pd.read_csv(learn).to_markdown(index=False, floatfmt=".3f"))
-    align = Path(params["alignment"]["out_dir"]) / "alignment_fnmr.csv"
+    align = root / params["alignment"]["out_dir"] / "alignment_fnmr.csv"
     if align.is_file():
         table = pd.read_csv(align)
         cols = ["dataset", "detector", "n_people", "n_mated", "n_nonmated"] + [

@@ -1,0 +1,158 @@
+"""How reliable are the SDD-FIQA / CR-FIQA pseudo labels? The ceiling of any student.
+
+Usage: python benchmarks/label_reliability.py [--data DIR] [--draws 5]
+       [--out benchmarks/results/label_reliability.json]
+
+Both labels compare an image with the *other* images of its person, so part of an image's
+label is which other images that person happens to have: noise that no model of the image
+alone can predict. This measures it on the labels stage's own rows (train + val people,
+training alignment, teacher embeddings from ``--data``'s DVC outputs; no test person):
+
+* **CR-FIQA, test-retest over the person's other images.** For people with at least
+  2k + 1 images, each image's label CCS / (NNCCS + 1) is computed twice, with its own-class
+  centre from two disjoint random sets of k other images (NNCCS as in the label). Spearman
+  ρ between the two is the reliability of a label built on k other images. ``as_labelled``
+  draws k per image from the distribution of k in the real labels (capped by the person's
+  size), i.e. the reliability of the labels as the students see them.
+* **SDD-FIQA, test-retest over its own sampling.** The label of every image with two seeds
+  of its pair sampling (``m``, ``k`` from params); only the sampling noise, a lower bound
+  on its total noise.
+
+Under classical test theory a predictor of the label from the image alone correlates with
+it at most sqrt(reliability) (Spearman only approximately): the figure printed as
+``ceiling``. Cheap: numpy on ~9 k x 128 embeddings, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy.stats import spearmanr
+
+from aikd.config import global_seed
+from aikd.data.io import read_vectors
+from aikd.data.training import training_detector, training_rows
+from aikd.fiqa.crfiqa import crfiqa_components
+from aikd.fiqa.sddfiqa import check_embeddings, sddfiqa_labels
+from aikd.paths import embeddings_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def teacher_rows(params: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """The labels stage's rows that have a training-alignment embedding, and those."""
+    rows = training_rows(params)
+    frames, vecs = [], []
+    for ds, sub in rows.groupby("dataset"):
+        meta, vectors = read_vectors(embeddings_path(params, str(ds), training_detector(params)))
+        pos = pd.Series(np.arange(len(meta)), index=meta["path"])
+        sub = sub[sub["path"].isin(pos.index)]
+        frames.append(sub)
+        vecs.append(vectors[pos[sub["path"]].to_numpy()])
+    return pd.concat(frames, ignore_index=True), np.concatenate(vecs)
+
+
+def crfiqa_retest(emb: np.ndarray, person: np.ndarray, k_of: np.ndarray,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two CR-FIQA labels per eligible image, own centres from disjoint sets of
+    ``k_of[i]`` other images of its person (``k_of[i] == 0``: not eligible)."""
+    unit = check_embeddings(emb, person)
+    _, nnccs = crfiqa_components(emb, person)
+    members: dict[str, np.ndarray] = {p: np.flatnonzero(person == p) for p in np.unique(person)}
+    a, b = np.full(len(emb), np.nan), np.full(len(emb), np.nan)
+    for i in np.flatnonzero(k_of > 0):
+        others = members[person[i]]
+        others = rng.permutation(others[others != i])
+        k = int(k_of[i])
+        for out, pick in ((a, others[:k]), (b, others[k:2 * k])):
+            centre = unit[pick].sum(axis=0)
+            out[i] = float(unit[i] @ centre / np.linalg.norm(centre)) / (nnccs[i] + 1.0)
+    return a, b
+
+
+def _rho(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(spearmanr(x[ok], y[ok]).statistic), int(ok.sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO,
+                    help="the checkout whose DVC outputs are read (manifests, embeddings)")
+    ap.add_argument("--draws", type=int, default=5, help="random repetitions per figure")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/label_reliability.json")
+    args = ap.parse_args()
+    out = args.out.resolve()
+    os.chdir(args.data)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    seed = global_seed(params)
+    rows, emb = teacher_rows(params)
+    person = (rows["dataset"] + "/" + rows["identity"].astype(str)).to_numpy()
+    size = pd.Series(person).map(pd.Series(person).value_counts()).to_numpy()
+    labelled = size >= 2
+    k_actual = np.where(labelled, size - 1, 0)
+    result: dict[str, object] = {
+        "images": int(len(rows)), "labelled_images": int(labelled.sum()),
+        "people": int(len(set(person))),
+        "others_per_labelled_image": {
+            "share_1": round(float((k_actual[labelled] == 1).mean()), 3),
+            "share_2_3": round(float(np.isin(k_actual[labelled], [2, 3]).mean()), 3),
+            "share_4_9": round(float(((k_actual >= 4) & (k_actual <= 9))[labelled].mean()), 3),
+            "share_10_plus": round(float((k_actual[labelled] >= 10).mean()), 3),
+            "median": float(np.median(k_actual[labelled]))},
+    }
+    print(f"{len(rows)} images, {labelled.sum()} labelled, {len(set(person))} people;"
+          f" other images per labelled image: {result['others_per_labelled_image']}")
+
+    crf: dict[str, object] = {}
+    for k in (1, 2, 4, 8):
+        k_of = np.where(size >= 2 * k + 1, k, 0)
+        rhos = []
+        for d in range(args.draws):
+            a, b = crfiqa_retest(emb, person, k_of, np.random.default_rng([seed, k, d]))
+            rho, n = _rho(a, b)
+            rhos.append(rho)
+        crf[f"k{k}"] = {"images": n, "people": int(len(set(person[k_of > 0]))),
+                        "reliability": round(float(np.mean(rhos)), 3),
+                        "reliability_sd": round(float(np.std(rhos, ddof=1)), 3),
+                        "ceiling": round(float(np.sqrt(max(np.mean(rhos), 0))), 3)}
+        print(f"CR-FIQA, centre from {k} other image(s): {crf[f'k{k}']}")
+    rhos, n_used = [], 0
+    for d in range(args.draws):
+        rng = np.random.default_rng([seed, 99, d])
+        draw = rng.choice(k_actual[labelled], size=len(person))  # k as in the real labels
+        k_of = np.where(size >= 3, np.minimum(draw, (size - 1) // 2), 0)
+        a, b = crfiqa_retest(emb, person, k_of, rng)
+        rho, n_used = _rho(a, b)
+        rhos.append(rho)
+    crf["as_labelled"] = {"images": n_used,
+                          "reliability": round(float(np.mean(rhos)), 3),
+                          "reliability_sd": round(float(np.std(rhos, ddof=1)), 3),
+                          "ceiling": round(float(np.sqrt(max(np.mean(rhos), 0))), 3)}
+    print(f"CR-FIQA, k drawn as in the labels: {crf['as_labelled']}")
+    result["crfiqa"] = crf
+
+    sdd = params["labels"]["sddfiqa"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la = sddfiqa_labels(emb, person, m=int(sdd["m"]), k=int(sdd["k"]), seed=seed)
+        lb = sddfiqa_labels(emb, person, m=int(sdd["m"]), k=int(sdd["k"]), seed=seed + 1)
+    rho, n = _rho(la, lb)
+    result["sddfiqa_sampling"] = {"images": n, "m": int(sdd["m"]), "k": int(sdd["k"]),
+                                  "reliability": round(rho, 3),
+                                  "ceiling": round(float(np.sqrt(max(rho, 0))), 3)}
+    print(f"SDD-FIQA, two seeds of its sampling: {result['sddfiqa_sampling']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

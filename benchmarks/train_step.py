@@ -331,6 +331,9 @@ def main() -> None:
         "previous + bf16 only": previous.replace(precision="bf16"),
         "previous + fuse_frozen only": previous.replace(fuse_frozen=True),
         "new default, 2 threads": new.replace(torch_threads=2),
+        # what a CPU without AMX would get from precision by AMX (bf16 only with it)
+        "previous + fuse_frozen, 2 threads": previous.replace(fuse_frozen=True,
+                                                              torch_threads=2),
     }
     ddp: dict[str, DistillConfig] = {} if args.no_ddp else {
         "previous default, 2 processes x 1 thread (gloo), batch 16 each": previous.replace(**half),

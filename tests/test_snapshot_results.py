@@ -61,3 +61,23 @@ def test_snapshot_refuses_a_folder_that_is_not_a_workspace(tmp_path: Path) -> No
     _touch(tmp_path / "reports/evaluation/summary.md")
     with pytest.raises(FileNotFoundError, match="no params.yaml"):
         snap.take_snapshot(tmp_path, tmp_path / "out", {})
+
+
+def test_readme_tables_read_the_committed_three_seed_snapshot() -> None:
+    """The README's three-seed tables can be re-printed from git alone (no DVC cache)."""
+    import subprocess
+    import sys
+
+    snap = REPO / "reports" / "snapshots" / "three_seeds"
+    meta = json.loads((snap / "SNAPSHOT.json").read_text())
+    assert meta["train_seeds"] == [0, 1, 2]
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_tables.py"),
+                          "--root", str(snap)], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout
+    trained = [line for line in out.splitlines()
+               if line.startswith(("| sddfiqa | T |", "| crfiqa | C |"))]
+    assert trained and all(" ± " in line for line in trained)  # seed SD beside each mean
+    untrained = [line for line in out.splitlines() if line.startswith("| flip | - |")]
+    assert untrained and not any(" ± " in line for line in untrained)
+    learn = out[out.index("## Learnability"):]
+    assert "| sddfiqa-T | sddfiqa  | T         |         3 |" in learn

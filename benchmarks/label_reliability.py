@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,27 +60,41 @@ def teacher_rows(params: dict) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.concat(frames, ignore_index=True), np.concatenate(vecs)
 
 
-def crfiqa_retest(emb: np.ndarray, person: np.ndarray, k_of: np.ndarray,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two CR-FIQA labels per eligible image, own centres from disjoint sets of
-    ``k_of[i]`` other images of its person (``k_of[i] == 0``: not eligible)."""
+def crfiqa_retest(emb: np.ndarray, person: np.ndarray
+                  ) -> Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+    """``retest(k_of, rng)``: two CR-FIQA labels per eligible image, own centres from
+    disjoint sets of ``k_of[i]`` other images of its person (``k_of[i] == 0``: not
+    eligible). The unit embeddings, NNCCS and each person's images are computed once here,
+    since every draw shares them."""
     unit = check_embeddings(emb, person)
     _, nnccs = crfiqa_components(emb, person)
-    members: dict[str, np.ndarray] = {p: np.flatnonzero(person == p) for p in np.unique(person)}
-    a, b = np.full(len(emb), np.nan), np.full(len(emb), np.nan)
-    for i in np.flatnonzero(k_of > 0):
-        others = members[person[i]]
-        others = rng.permutation(others[others != i])
-        k = int(k_of[i])
-        for out, pick in ((a, others[:k]), (b, others[k:2 * k])):
-            centre = unit[pick].sum(axis=0)
-            out[i] = float(unit[i] @ centre / np.linalg.norm(centre)) / (nnccs[i] + 1.0)
-    return a, b
+    members = {p: np.asarray(idx) for p, idx in
+               pd.Series(np.arange(len(person))).groupby(person).groups.items()}
+
+    def retest(k_of: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        a, b = np.full(len(unit), np.nan), np.full(len(unit), np.nan)
+        for i in np.flatnonzero(k_of > 0):
+            others = members[person[i]]
+            others = rng.permutation(others[others != i])
+            k = int(k_of[i])
+            for out, pick in ((a, others[:k]), (b, others[k:2 * k])):
+                centre = unit[pick].sum(axis=0)
+                out[i] = float(unit[i] @ centre / np.linalg.norm(centre)) / (nnccs[i] + 1.0)
+        return a, b
+
+    return retest
 
 
 def _rho(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     ok = np.isfinite(x) & np.isfinite(y)
     return float(spearmanr(x[ok], y[ok]).statistic), int(ok.sum())
+
+
+def _reliability(rhos: list[float]) -> dict[str, float]:
+    """Mean and SD of the draws' test-retest rho, and the sqrt ceiling of the mean."""
+    mean = float(np.mean(rhos))
+    return {"reliability": round(mean, 3), "reliability_sd": round(float(np.std(rhos, ddof=1)), 3),
+            "ceiling": round(float(np.sqrt(max(mean, 0))), 3)}
 
 
 def main() -> None:
@@ -111,31 +126,27 @@ def main() -> None:
     print(f"{len(rows)} images, {labelled.sum()} labelled, {len(set(person))} people;"
           f" other images per labelled image: {result['others_per_labelled_image']}")
 
+    retest = crfiqa_retest(emb, person)
     crf: dict[str, object] = {}
     for k in (1, 2, 4, 8):
         k_of = np.where(size >= 2 * k + 1, k, 0)
         rhos = []
         for d in range(args.draws):
-            a, b = crfiqa_retest(emb, person, k_of, np.random.default_rng([seed, k, d]))
+            a, b = retest(k_of, np.random.default_rng([seed, k, d]))
             rho, n = _rho(a, b)
             rhos.append(rho)
         crf[f"k{k}"] = {"images": n, "people": int(len(set(person[k_of > 0]))),
-                        "reliability": round(float(np.mean(rhos)), 3),
-                        "reliability_sd": round(float(np.std(rhos, ddof=1)), 3),
-                        "ceiling": round(float(np.sqrt(max(np.mean(rhos), 0))), 3)}
+                        **_reliability(rhos)}
         print(f"CR-FIQA, centre from {k} other image(s): {crf[f'k{k}']}")
     rhos, n_used = [], 0
     for d in range(args.draws):
         rng = np.random.default_rng([seed, 99, d])
         draw = rng.choice(k_actual[labelled], size=len(person))  # k as in the real labels
         k_of = np.where(size >= 3, np.minimum(draw, (size - 1) // 2), 0)
-        a, b = crfiqa_retest(emb, person, k_of, rng)
+        a, b = retest(k_of, rng)
         rho, n_used = _rho(a, b)
         rhos.append(rho)
-    crf["as_labelled"] = {"images": n_used,
-                          "reliability": round(float(np.mean(rhos)), 3),
-                          "reliability_sd": round(float(np.std(rhos, ddof=1)), 3),
-                          "ceiling": round(float(np.sqrt(max(np.mean(rhos), 0))), 3)}
+    crf["as_labelled"] = {"images": n_used, **_reliability(rhos)}
     print(f"CR-FIQA, k drawn as in the labels: {crf['as_labelled']}")
     result["crfiqa"] = crf
 

@@ -1,4 +1,4 @@
-"""Wall time of a `dvc repro`, per stage and per stage group.
+"""Wall time of a `dvc repro` (or `dvc exp run`), per stage and per stage group.
 
 Measure a run (the stage a process is running is sampled every 2 s; DVC's own log is not
 timed, since a stage's output reaches a pipe in blocks)::
@@ -125,9 +125,9 @@ def main() -> None:
         summarise(spans(samples), args.note, args.out)
         return
     dvc = ["dvc", "exp", "run"] if args.exp_run else ["dvc", "repro"]
-    repro = [*dvc, *[a for a in rest if a != "--"]]
+    command = [*dvc, *[a for a in rest if a != "--"]]
     start = time.monotonic()
-    proc = subprocess.Popen(repro)
+    proc = subprocess.Popen(command)
     samples: list[tuple[datetime, str]] = []
     while proc.poll() is None:
         now = datetime.now()
@@ -135,7 +135,7 @@ def main() -> None:
         time.sleep(PERIOD_S)
     wall = (time.monotonic() - start) / 60
     summarise(spans(samples), args.note, args.out,
-              {"command": " ".join(repro), "exit_code": proc.returncode,
+              {"command": " ".join(command), "exit_code": proc.returncode,
                "wall_minutes": round(wall, 1)})
     sys.exit(proc.returncode)
 

@@ -47,9 +47,9 @@ from aikd.distill.config import DistillConfig
 from aikd.distill.data import load_rows
 from aikd.distill.fast import frozen_blocks
 from aikd.distill.model import build_models, to_channels_last
-from aikd.distill.prepare import prepare_run
+from aikd.distill.prepare import effective_precision, prepare_run
 from aikd.distill.teacher import teacher_embed_rows
-from aikd.distill.train import train_distill
+from aikd.distill.train import default_threads, train_distill
 from aikd.faces import to_float_input
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,10 @@ def profile_steps(cfg: DistillConfig, train: pd.DataFrame, val: pd.DataFrame,
     """Median seconds per optimizer step by phase (and ms per image in total), and the
     top operators of the same steps; the step is ``_train_step``'s, split into phases."""
     cfg = cfg.replace(epochs=float(np.ceil((steps + 2) * cfg.batch_size / len(train))))
-    with tempfile.TemporaryDirectory() as tmp:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads or default_threads())  # as train_distill does
+    with contextlib.ExitStack() as restore, tempfile.TemporaryDirectory() as tmp:
+        restore.callback(torch.set_num_threads, threads)
         run = prepare_run(cfg, train, val, Path(tmp), labels=None, teacher_cache=cache,
                           val_landmarks=None, resume=False, stop_after=None,
                           on_validation=None)
@@ -305,7 +308,8 @@ def main() -> None:
     cache_ips = len(train) / (time.perf_counter() - t0)
     cache = dict(zip(train["path"], emb, strict=True))
 
-    new = DistillConfig().replace(**BENCH)
+    # the default as it runs on this machine (precision auto: bf16 only with AMX)
+    new = effective_precision(DistillConfig().replace(**BENCH))
     previous = DistillConfig(**{**PREVIOUS, **BENCH})
     load_start = os.getloadavg()
     result: dict[str, Any] = {
@@ -314,7 +318,9 @@ def main() -> None:
         "data": {"detector": args.detector, "train_rows_available": len(train_all),
                  "images": len(train), "val_images": len(val)},
         "previous_default": {k: getattr(previous, k) for k in PREVIOUS},
-        "new_default": {k: getattr(new, k) for k in (*PREVIOUS, "precision", "fuse_frozen")},
+        "new_default": {**{k: getattr(new, k) for k in (*PREVIOUS, "precision", "fuse_frozen")},
+                        "torch_threads": new.torch_threads or default_threads()},
+        "cpu_amx": bool(torch.cpu._is_amx_tile_supported()),
         "teacher_cache_build_images_per_s": round(cache_ips, 1),
     }
 
@@ -330,10 +336,10 @@ def main() -> None:
         "new default": new,
         "previous + bf16 only": previous.replace(precision="bf16"),
         "previous + fuse_frozen only": previous.replace(fuse_frozen=True),
-        "new default, 2 threads": new.replace(torch_threads=2),
-        # what a CPU without AMX would get from precision by AMX (bf16 only with it)
-        "previous + fuse_frozen, 2 threads": previous.replace(fuse_frozen=True,
-                                                              torch_threads=2),
+        "new default, 1 thread": new.replace(torch_threads=1),
+        # fp32 where the default is bf16 (AMX), bf16 where it is fp32
+        "new default in the other precision": new.replace(
+            precision="fp32" if new.precision == "bf16" else "bf16"),
     }
     ddp: dict[str, DistillConfig] = {} if args.no_ddp else {
         "previous default, 2 processes x 1 thread (gloo), batch 16 each": previous.replace(**half),
@@ -368,7 +374,8 @@ def main() -> None:
                 images / processes / statistics.median(r["train_cpu_s"] for r in rs), 1),
             "steps": rs[0]["steps"], "global_batch": cfg.batch_size * processes,
             "precision": cfg.precision, "fuse_frozen": cfg.fuse_frozen,
-            "threads": cfg.torch_threads, "processes": processes,
+            "threads": (cfg.torch_threads or default_threads()) if processes == 1 else 1,
+            "processes": processes,
         }
     result["scenarios"] = out_sc
     prev_ips = out_sc["previous default (fp32, 1 process, 1 thread)"]["images_per_s"]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from aikd.distill.fast import (
 )
 from aikd.distill.model import build_models, load_quality_model, to_channels_last
 from aikd.distill.prepare import cpu_has_bf16, effective_precision
-from aikd.distill.train import train_distill
+from aikd.distill.train import default_threads, train_distill
 from aikd.models import fused as fused_mod
 from aikd.models.dlib_resnet import Affine2d
 
@@ -160,13 +161,40 @@ def rows(lfw_root: Path, lfw_reference: pd.DataFrame) -> tuple[pd.DataFrame, pd.
 
 def test_bf16_falls_back_to_fp32_only_on_a_cpu_without_bf16() -> None:
     cfg = DistillConfig(precision="bf16")
-    assert effective_precision(cfg, has_bf16=True).precision == "bf16"
-    assert effective_precision(cfg, has_bf16=False).precision == "fp32"
+    assert effective_precision(cfg, has_bf16=True, cuda=False).precision == "bf16"
+    assert effective_precision(cfg, has_bf16=False, cuda=False).precision == "fp32"
     fp32 = DistillConfig(precision="fp32")
-    assert effective_precision(fp32, has_bf16=True).precision == "fp32"
+    assert effective_precision(fp32, has_bf16=True, cuda=False).precision == "fp32"
     # nothing else changes
-    fell = effective_precision(cfg, has_bf16=False)
+    fell = effective_precision(cfg, has_bf16=False, cuda=False)
     assert {**fell.to_dict(), "precision": "bf16"} == cfg.to_dict()
+
+
+def test_auto_precision_is_bf16_only_where_bf16_is_the_faster_path() -> None:
+    """auto: bf16 on a GPU or an AMX CPU; fp32 on a CPU with AVX-512 BF16 alone (bf16 is
+    slower there) or without bf16 kernels; explicit settings are left as they are."""
+    auto = DistillConfig(precision="auto")
+    assert DistillConfig().precision == "auto"
+    cases = [(dict(has_bf16=True, has_amx=True, cuda=False), "bf16"),
+             (dict(has_bf16=True, has_amx=False, cuda=False), "fp32"),
+             (dict(has_bf16=False, has_amx=False, cuda=False), "fp32"),
+             (dict(has_bf16=False, has_amx=False, cuda=True), "bf16")]
+    for flags, want in cases:
+        assert effective_precision(auto, **flags).precision == want, flags
+    fp32 = DistillConfig(precision="fp32")
+    assert effective_precision(fp32, has_bf16=True, has_amx=True, cuda=True).precision == "fp32"
+    bf16 = DistillConfig(precision="bf16")
+    assert effective_precision(bf16, has_bf16=True, has_amx=False, cuda=False).precision == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        DistillConfig(precision="fp16")
+
+
+def test_default_threads_share_the_cores_among_launched_processes(monkeypatch) -> None:
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))
+    assert default_threads() == 1
 
 
 @needs_bf16

@@ -20,8 +20,8 @@ import yaml
 
 QualityLoss = Literal["l1", "smooth_l1"]
 LabelNormKind = Literal["rank", "minmax", "none"]
-Precision = Literal["fp32", "bf16"]
-HeadInitKind = Literal["probe", "random"]
+Precision = Literal["auto", "fp32", "bf16"]
+HeadInitKind = Literal["probe", "ridge", "random"]
 HeadInputKind = Literal["unit", "raw"]
 
 _TRAINABLE_RE = re.compile(r"^(all|head|last_n_stages:\d+|last_n_tensors:\d+)$")
@@ -49,7 +49,8 @@ class DistillConfig:
     smooth_l1_beta: float = 0.5
     label_norm: LabelNormKind = "rank"
     #: "probe": fit the quality head on the frozen teacher embeddings of the training images
-    #: before fine-tuning (LP-FT, aikd.distill.head_init; docs/recipe.md); "random": the
+    #: before fine-tuning (LP-FT, aikd.distill.head_init; docs/recipe.md); "ridge": the head
+    #: computes exactly the ridge probe on its input at step 0; "random": the
     #: seeded random init of the official code. The code default stays "random" because
     #: a probe head at the default lr 0.05 collapses (docs/recipe.md, run A); params.yaml
     #: pairs "probe" with lr 3e-4.
@@ -82,16 +83,21 @@ class DistillConfig:
     # --- bookkeeping
     seed: int = 0
     channels_last: bool = True
-    #: Forward passes under bf16 autocast (fp32 weights, optimizer and loss): oneDNN's
-    #: AMX/AVX-512 bf16 convolutions on CPU. "fp32" on a CPU without bf16 support.
-    precision: Precision = "bf16"
+    #: Forward passes under bf16 autocast (fp32 weights, optimizer and loss) or in fp32.
+    #: "auto": bf16 on a GPU or a CPU with AMX tiles (oneDNN's AMX convolutions, 2.6x the
+    #: fp32 step), fp32 on any other CPU (AVX-512 BF16 alone is 10 % slower than fp32:
+    #: benchmarks/results/train_step_avx512bf16.json). "bf16" on a CPU without bf16
+    #: kernels falls back to fp32 (aikd.distill.prepare.effective_precision).
+    precision: Precision = "auto"
     #: Run the student's frozen stem and leading blocks as a folded inference copy
     #: (aikd.distill.fast.FrozenPrefix): the same function, ~3.7x faster in bf16.
     fuse_frozen: bool = True
-    #: torch intra-op threads for this run (None: torch's default, one per core). One on
-    #: the shared 2-core demo box: two threads' OpenMP barriers stall whenever another
-    #: process holds a core (measured 21.3 vs 52.9 images/s, docs/distillation.md).
-    torch_threads: int | None = 1
+    #: torch intra-op threads for this run; None: one per core this process may use. On
+    #: the idle 2-core demo box two threads train 1.6x faster than one (train_step); one
+    #: thread is for a box shared with another job, where two threads' OpenMP barriers
+    #: stall whenever the other process holds a core (21.3 vs 52.9 images/s,
+    #: docs/distillation.md).
+    torch_threads: int | None = None
     checkpoint_every: int = 50  # optimizer steps between accelerate.save_state
     keep_checkpoints: int = 2
     val_every: int = 0  # optimizer steps between validations (0: only at the end)
@@ -121,14 +127,16 @@ class DistillConfig:
             raise ValueError(f"w must be in [0, 1], got {self.w}")
         if self.quality_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"quality_loss must be 'l1' or 'smooth_l1', got {self.quality_loss!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(
+                f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.label_norm not in ("rank", "minmax", "none"):
             raise ValueError(
                 f"label_norm must be 'rank', 'minmax' or 'none', got {self.label_norm!r}"
             )
-        if self.head_init not in ("probe", "random"):
-            raise ValueError(f"head_init must be 'probe' or 'random', got {self.head_init!r}")
+        if self.head_init not in ("probe", "ridge", "random"):
+            raise ValueError(
+                f"head_init must be 'probe', 'ridge' or 'random', got {self.head_init!r}")
         if self.head_input not in ("unit", "raw"):
             raise ValueError(f"head_input must be 'unit' or 'raw', got {self.head_input!r}")
         for name in ("batch_size", "grad_accum", "swa_every", "log_every", "keep_checkpoints"):

@@ -134,14 +134,30 @@ def cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def effective_precision(cfg: DistillConfig, *, has_bf16: bool | None = None) -> DistillConfig:
-    """``cfg`` as it can run here: ``precision: bf16`` on a CPU without bf16 kernels becomes
-    fp32 (the same training at fp32's speed, ~2x slower than bf16; a warning says so and
-    ``metrics.json``'s ``config.precision`` records it). On a GPU bf16 stays."""
-    if cfg.precision != "bf16" or torch.cuda.is_available():
+def cpu_has_amx() -> bool:
+    """This CPU has AMX tiles, where bf16 convolutions beat fp32 (not so with AVX-512 BF16
+    alone: benchmarks/results/train_step_avx512bf16.json)."""
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
+def effective_precision(cfg: DistillConfig, *, has_bf16: bool | None = None,
+                        has_amx: bool | None = None, cuda: bool | None = None) -> DistillConfig:
+    """``cfg`` with the precision it runs in here (``metrics.json``'s ``config.precision``
+    records it). ``auto``: bf16 on a GPU or an AMX CPU, else fp32. ``bf16`` on a CPU
+    without bf16 kernels becomes fp32, with a warning. On a GPU bf16 stays."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cfg.precision == "fp32" or (cfg.precision == "bf16" and cuda):
         return cfg
     if has_bf16 is None:
         has_bf16 = cpu_has_bf16()
+    if cfg.precision == "auto":
+        if has_amx is None:
+            has_amx = cpu_has_amx()
+        chosen = "bf16" if cuda or (has_amx and has_bf16) else "fp32"
+        log.info("distill: precision auto -> %s (%s)", chosen,
+                 "GPU" if cuda else f"CPU {'with' if has_amx else 'without'} AMX")
+        return dataclasses.replace(cfg, precision=chosen)
     if has_bf16:
         return cfg
     log.warning("distill: this CPU has no bf16 kernels (oneDNN); training in fp32 instead of "
@@ -245,7 +261,7 @@ def _init_head(cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
                emb_kw: dict[str, Any]) -> dict[str, float]:
     """The head before fine-tuning (``cfg.head_init``) and its fit on validation people.
     Without a teacher cache the probe embeds the training images once."""
-    if cfg.head_init == "probe" and train_e is None:
+    if cfg.head_init in ("probe", "ridge") and train_e is None:
         train_e = teacher_embed_rows(teacher, train, **emb_kw)
     val_t = label_norm.transform(val["quality"].to_numpy()) if val_e is not None else None
     return initialise_head(cfg.head_init, student.head, train_e, targets, val_features=val_e,

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,15 @@ class _Progress:
     trace: list[list[int]] = field(default_factory=list)
 
 
+def default_threads() -> int:
+    """One torch thread per core this process may use, shared among the processes of a
+    launch on this host (``accelerate launch`` sets LOCAL_WORLD_SIZE)."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(1, procs))
+
+
 def train_distill(
     config: DistillConfig | Mapping[str, Any],
     train_rows: pd.DataFrame,
@@ -127,8 +137,7 @@ def train_distill(
     """Train one AI-KD (or baseline) quality model; see the module docstring."""
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     threads = torch.get_num_threads()
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfg.torch_threads or default_threads())
     try:
         run = prepare_run(cfg, train_rows, val_rows, Path(out_dir), labels=labels,
                           teacher_cache=teacher_cache, val_landmarks=val_landmarks,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from aikd.distill.config import DistillConfig
-from aikd.distill.head_init import fit_head, head_predict, initialise_head
+from aikd.distill.head_init import fit_head, fit_head_ridge, head_predict, initialise_head
 from aikd.distill.learnability import label_fit
 from aikd.distill.model import AIKDStudent, FrozenTeacher, QualityHead, state_digest
 
@@ -115,11 +115,39 @@ def test_probe_needs_teacher_features_and_config_names_the_choices() -> None:
     head = QualityHead(DIM)
     with pytest.raises(ValueError, match="teacher embeddings"):
         initialise_head("probe", head, None, np.zeros(20))
-    with pytest.raises(ValueError, match="head_init"):
+    with pytest.raises(ValueError, match="teacher embeddings"):
         initialise_head("ridge", head, None, np.zeros(20))
     with pytest.raises(ValueError, match="head_init"):
-        DistillConfig(head_init="ridge")  # type: ignore[arg-type]
+        initialise_head("lasso", head, np.zeros((20, DIM)), np.zeros(20))
+    with pytest.raises(ValueError, match="head_init"):
+        DistillConfig(head_init="lasso")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="head_input"):
         DistillConfig(head_input="l2")  # type: ignore[arg-type]
     # the code default stays "random": "probe" at the default lr 0.05 collapses (run A)
     assert DistillConfig().head_init == "random" and DistillConfig().head_input == "unit"
+
+
+@pytest.mark.parametrize("unit_input", [False, True])
+def test_ridge_head_computes_the_ridge_regression_exactly(unit_input: bool) -> None:
+    """head_init 'ridge': the MLP's step-0 output is the ridge regression of the labels on
+    the head input, computed here from the normal equations with the chosen penalty."""
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=DIM) / np.sqrt(DIM)
+    x, y = _data(rng, 600, w)
+    x_new, _ = _data(rng, 200, w)
+    torch.manual_seed(0)
+    head = QualityHead(DIM, unit_input=unit_input)
+    fit = fit_head_ridge(head, x, y)
+
+    def inputs(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True) if unit_input else a
+
+    f = inputs(x)
+    fc, yc = f - f.mean(0), y - y.mean()
+    beta = np.linalg.solve(fc.T @ fc + fit.alpha * np.eye(DIM), fc.T @ yc)
+    expected = (inputs(x_new) - f.mean(0)) @ beta + y.mean()
+    np.testing.assert_allclose(head_predict(head, x_new), expected, rtol=0, atol=2e-4)
+    assert fit.train_spearman > 0.8
+    # balanced: neither layer needs weights in the thousands (unstable SGD fine-tuning)
+    assert float(head[0].weight.detach().abs().max()) < 100
+    assert float(head[2].weight.detach().abs().max()) < 100

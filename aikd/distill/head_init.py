@@ -34,9 +34,10 @@ from torch import nn
 
 from aikd.distill.learnability import fit_ridge, label_fit
 
-__all__ = ["HEAD_INITS", "ProbeFit", "fit_head", "head_predict", "initialise_head"]
+__all__ = ["HEAD_INITS", "ProbeFit", "fit_head", "fit_head_ridge", "head_predict",
+           "initialise_head"]
 
-HEAD_INITS: tuple[str, ...] = ("probe", "random")
+HEAD_INITS: tuple[str, ...] = ("probe", "ridge", "random")
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,52 @@ def fit_head(head: nn.Module, features: np.ndarray, targets: np.ndarray,
     return ProbeFit(float(alpha), l1, rho)
 
 
+@torch.no_grad()
+def fit_head_ridge(head: nn.Module, features: np.ndarray, targets: np.ndarray) -> ProbeFit:
+    """Make ``head`` compute exactly the ridge probe on its input (the learnability floor),
+    in place; its GELU stays free to bend once fine-tuning moves the weights.
+
+    Why exact: the GELU probe of :func:`fit_head` starts SDD-FIQA's student at rho 0.69,
+    below the ridge probe's 0.71 on the same embedding, so fine-tuning starts under the
+    floor it is asked to beat. GELU(a) - GELU(-a) = a for every a, so a hidden layer of
+    mirrored pairs is linear through the pair: the first Linear reads
+    ``[s Q (f - mu); -s Q (f - mu)]`` (Q an orthogonal basis from its own seeded random
+    weights, s scaling the pre-activations to unit RMS) and the last Linear
+    ``[u, -u]`` with ``u = Q w / s``, which gives ``w . f + c``, the ridge of the
+    normalised labels on the head input f (penalty by exact leave-one-out on the training
+    images, :func:`aikd.distill.learnability.fit_ridge`). Needs hidden width 2 x input.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"features {x.shape} and targets {y.shape} do not match")
+    ok = np.isfinite(x).all(axis=1) & np.isfinite(y)
+    if ok.sum() < 10:
+        raise ValueError(f"the head probe needs >= 10 rows with an embedding and a label, "
+                         f"got {int(ok.sum())}")
+    body, last = _linears(head)
+    first = next((m for m in body if isinstance(m, nn.Linear)), None)
+    if first is None or first.bias is None or first.out_features != 2 * first.in_features:
+        raise ValueError("head_init 'ridge' needs a first Linear(d, 2d) with a bias")
+    p = first.weight
+    f = _head_input(head, torch.from_numpy(x[ok].astype(np.float32)).to(p.device, p.dtype))
+    f = f.double().cpu().numpy()
+    w, c, alpha = fit_ridge(f, y[ok], unit=False)
+    d = f.shape[1]
+    mu = f.mean(axis=0)
+    scale = 1.0 / max(float(np.sqrt(f.var(axis=0).mean())), 1e-12)
+    q, _ = np.linalg.qr(first.weight.double().cpu().numpy()[:d].T)  # orthogonal, seeded
+    a = scale * q.T  # row i of the first half: the i-th basis direction, scaled
+    first.weight.copy_(torch.from_numpy(np.vstack([a, -a])).to(first.weight))
+    first.bias.copy_(torch.from_numpy(np.concatenate([-(a @ mu), a @ mu])).to(first.bias))
+    u = (q.T @ w) / scale
+    last.weight.copy_(torch.from_numpy(np.concatenate([u, -u])).reshape(last.weight.shape)
+                      .to(last.weight))
+    last.bias.copy_(torch.tensor([c + float(w @ mu)]).to(last.bias))
+    l1, rho = label_fit(head_predict(head, x[ok]), y[ok])
+    return ProbeFit(float(alpha), l1, rho)
+
+
 def initialise_head(
     kind: str,
     head: nn.Module,
@@ -150,19 +197,21 @@ def initialise_head(
     val_features: np.ndarray | None = None,
     val_targets: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Initialise the student's head (``probe``: :func:`fit_head`; ``random``: keep the
-    seeded random init) and return what it predicts before fine-tuning, as metrics:
+    """Initialise the student's head (``probe``: :func:`fit_head`; ``ridge``:
+    :func:`fit_head_ridge`; ``random``: keep the seeded random init) and return what it
+    predicts before fine-tuning, as metrics:
     ``init_val_l1`` / ``init_val_spearman`` on validation people (when their embeddings and
     targets are given: the student's step-0 quality of aligned faces), and for a probe
     ``probe_alpha``, ``probe_train_l1`` and ``probe_train_spearman``."""
     if kind not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {HEAD_INITS}, got {kind!r}")
     out: dict[str, float] = {}
-    if kind == "probe":
+    if kind in ("probe", "ridge"):
         if train_features is None:
-            raise ValueError("head_init='probe' needs the teacher embeddings of the training "
-                             "images")
-        fit = fit_head(head, train_features, train_targets)
+            raise ValueError(f"head_init={kind!r} needs the teacher embeddings of the "
+                             "training images")
+        fitter = fit_head if kind == "probe" else fit_head_ridge
+        fit = fitter(head, train_features, train_targets)
         out.update(probe_alpha=fit.alpha, probe_train_l1=fit.train_l1,
                    probe_train_spearman=fit.train_spearman)
     if val_features is not None and val_targets is not None:

@@ -13,7 +13,10 @@ training alignment, teacher embeddings from ``--data``'s DVC outputs; no test pe
   centre from two disjoint random sets of k other images (NNCCS as in the label). Spearman
   ρ between the two is the reliability of a label built on k other images. ``as_labelled``
   draws k per image from the distribution of k in the real labels (capped by the person's
-  size), i.e. the reliability of the labels as the students see them.
+  size), i.e. the reliability of the labels as the students see them. Both CCS estimates
+  of ``aikd.fiqa.crfiqa`` are measured: ``crfiqa`` the leave-one-out centre, and
+  ``crfiqa_debiased`` the debiased one (mean cosine to the k others over the square root of
+  the mean pairwise cosine within the image and those k), each draw using only its own set.
 * **SDD-FIQA, test-retest over its own sampling.** The label of every image with two seeds
   of its pair sampling (``m``, ``k`` from params); only the sampling noise, a lower bound
   on its total noise.
@@ -60,7 +63,7 @@ def teacher_rows(params: dict) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.concat(frames, ignore_index=True), np.concatenate(vecs)
 
 
-def crfiqa_retest(emb: np.ndarray, person: np.ndarray
+def crfiqa_retest(emb: np.ndarray, person: np.ndarray, centre: str = "loo"
                   ) -> Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
     """``retest(k_of, rng)``: two CR-FIQA labels per eligible image, own centres from
     disjoint sets of ``k_of[i]`` other images of its person (``k_of[i] == 0``: not
@@ -78,11 +81,22 @@ def crfiqa_retest(emb: np.ndarray, person: np.ndarray
             others = rng.permutation(others[others != i])
             k = int(k_of[i])
             for out, pick in ((a, others[:k]), (b, others[k:2 * k])):
-                centre = unit[pick].sum(axis=0)
-                out[i] = float(unit[i] @ centre / np.linalg.norm(centre)) / (nnccs[i] + 1.0)
+                out[i] = _ccs(unit, i, pick, centre) / (nnccs[i] + 1.0)
         return a, b
 
     return retest
+
+
+def _ccs(unit: np.ndarray, i: int, pick: np.ndarray, centre: str) -> float:
+    """CCS of image ``i`` against the other images ``pick`` of its person."""
+    if centre == "loo":
+        total = unit[pick].sum(axis=0)
+        return float(unit[i] @ total / np.linalg.norm(total))
+    group = unit[np.r_[i, pick]]
+    gram = group @ group.T
+    n = len(group)
+    pair_mean = (gram.sum() - np.trace(gram)) / (n * (n - 1))
+    return float(gram[0, 1:].mean() / np.sqrt(pair_mean)) if pair_mean > 0 else np.nan
 
 
 def _rho(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -95,6 +109,36 @@ def _reliability(rhos: list[float]) -> dict[str, float]:
     mean = float(np.mean(rhos))
     return {"reliability": round(mean, 3), "reliability_sd": round(float(np.std(rhos, ddof=1)), 3),
             "ceiling": round(float(np.sqrt(max(mean, 0))), 3)}
+
+
+def crfiqa_reliability(emb: np.ndarray, person: np.ndarray, size: np.ndarray,
+                       k_actual: np.ndarray, labelled: np.ndarray, centre: str, *,
+                       seed: int, draws: int) -> dict[str, object]:
+    """Test-retest reliability of CR-FIQA labels with ``centre`` for k = 1, 2, 4, 8 other
+    images and with k drawn as in the real labels."""
+    retest = crfiqa_retest(emb, person, centre)
+    crf: dict[str, object] = {}
+    for k in (1, 2, 4, 8):
+        k_of = np.where(size >= 2 * k + 1, k, 0)
+        rhos = []
+        for d in range(draws):
+            a, b = retest(k_of, np.random.default_rng([seed, k, d]))
+            rho, n = _rho(a, b)
+            rhos.append(rho)
+        crf[f"k{k}"] = {"images": n, "people": int(len(set(person[k_of > 0]))),
+                        **_reliability(rhos)}
+        print(f"CR-FIQA ({centre}), centre from {k} other image(s): {crf[f'k{k}']}")
+    rhos, n_used = [], 0
+    for d in range(draws):
+        rng = np.random.default_rng([seed, 99, d])
+        draw = rng.choice(k_actual[labelled], size=len(person))  # k as in the real labels
+        k_of = np.where(size >= 3, np.minimum(draw, (size - 1) // 2), 0)
+        a, b = retest(k_of, rng)
+        rho, n_used = _rho(a, b)
+        rhos.append(rho)
+    crf["as_labelled"] = {"images": n_used, **_reliability(rhos)}
+    print(f"CR-FIQA ({centre}), k drawn as in the labels: {crf['as_labelled']}")
+    return crf
 
 
 def main() -> None:
@@ -126,29 +170,9 @@ def main() -> None:
     print(f"{len(rows)} images, {labelled.sum()} labelled, {len(set(person))} people;"
           f" other images per labelled image: {result['others_per_labelled_image']}")
 
-    retest = crfiqa_retest(emb, person)
-    crf: dict[str, object] = {}
-    for k in (1, 2, 4, 8):
-        k_of = np.where(size >= 2 * k + 1, k, 0)
-        rhos = []
-        for d in range(args.draws):
-            a, b = retest(k_of, np.random.default_rng([seed, k, d]))
-            rho, n = _rho(a, b)
-            rhos.append(rho)
-        crf[f"k{k}"] = {"images": n, "people": int(len(set(person[k_of > 0]))),
-                        **_reliability(rhos)}
-        print(f"CR-FIQA, centre from {k} other image(s): {crf[f'k{k}']}")
-    rhos, n_used = [], 0
-    for d in range(args.draws):
-        rng = np.random.default_rng([seed, 99, d])
-        draw = rng.choice(k_actual[labelled], size=len(person))  # k as in the real labels
-        k_of = np.where(size >= 3, np.minimum(draw, (size - 1) // 2), 0)
-        a, b = retest(k_of, rng)
-        rho, n_used = _rho(a, b)
-        rhos.append(rho)
-    crf["as_labelled"] = {"images": n_used, **_reliability(rhos)}
-    print(f"CR-FIQA, k drawn as in the labels: {crf['as_labelled']}")
-    result["crfiqa"] = crf
+    for centre, key in (("loo", "crfiqa"), ("debiased", "crfiqa_debiased")):
+        result[key] = crfiqa_reliability(emb, person, size, k_actual, labelled, centre,
+                                         seed=seed, draws=args.draws)
 
     sdd = params["labels"]["sddfiqa"]
     with warnings.catch_warnings():

@@ -161,6 +161,49 @@ def test_crfiqa_labels_both_variants() -> None:
         crfiqa_labels(emb, CR_IDS, variant="other")  # type: ignore[arg-type]
 
 
+
+def test_crfiqa_debiased_centre_hand_computed() -> None:
+    """Mean cosine to the other images over sqrt(the person's mean pairwise cosine)."""
+    emb = np.array([_unit(a) for a in CR_ANGLES]) * np.arange(1, 7)[:, None]
+    ccs, nnccs = crfiqa_components(emb, CR_IDS, centre="debiased")
+    r_a = (2 * _cosd(40) + _cosd(80)) / 3
+    expect = [(_cosd(40) + _cosd(80)) / 2 / math.sqrt(r_a),
+              (_cosd(40) + _cosd(40)) / 2 / math.sqrt(r_a),
+              (_cosd(80) + _cosd(40)) / 2 / math.sqrt(r_a),
+              math.sqrt(_cosd(60)), math.sqrt(_cosd(60)), math.nan]
+    np.testing.assert_allclose(ccs, expect, atol=1e-12)
+    np.testing.assert_allclose(nnccs, CR_NNCCS, atol=1e-12)  # NNCCS is not changed
+    with pytest.raises(ValueError, match="centre"):
+        crfiqa_components(emb, CR_IDS, centre="mean")  # type: ignore[arg-type]
+
+
+def test_crfiqa_debiased_centre_does_not_depend_on_image_count() -> None:
+    """Synthetic people e = a c + sqrt(1 - a^2) u (u ~ orthogonal noise in 4096-d): the
+    debiased CCS recovers each image's a = cos(e, c) whether its person has 2 or 40
+    images; the leave-one-out centre gives the same images of a 2-image person far lower
+    scores than those of a 40-image person."""
+    rng = np.random.default_rng(0)
+    d, rows, ids, truth = 4096, [], [], []
+    for person, n in enumerate([2, 2, 2, 40, 40, 40]):
+        c = rng.normal(size=d)
+        c /= np.linalg.norm(c)
+        for a in rng.uniform(0.6, 0.9, size=n):
+            u = rng.normal(size=d)
+            u -= (u @ c) * c
+            rows.append(a * c + math.sqrt(1 - a * a) * u / np.linalg.norm(u))
+            ids.append(person)
+            truth.append(a)
+    emb, truth, small = np.array(rows), np.array(truth), np.array(ids) < 3
+    debiased, _ = crfiqa_components(emb, ids, centre="debiased")
+    loo, _ = crfiqa_components(emb, ids, centre="loo")
+    assert np.abs(debiased - truth)[~small].max() < 0.05
+    # a 2-image person's pair shares one estimate, sqrt(a_1 a_2): the geometric mean
+    np.testing.assert_allclose(debiased[small], np.repeat(np.sqrt(
+        truth[small][::2] * truth[small][1::2]), 2), atol=0.05)
+    gap = lambda s: (s - truth)[small].mean() - (s - truth)[~small].mean()  # noqa: E731
+    assert abs(gap(debiased)) < 0.05
+    assert gap(loo) < -0.1
+
 # -------------------------------------------------------------------------------- SER-FIQ
 
 
@@ -432,5 +475,5 @@ def test_labels_settings_from_the_repo_params() -> None:
     assert cfg.sddfiqa.m == params["labels"]["sddfiqa"]["m"] and cfg.csv.path is None
     with pytest.raises(ValueError, match="labels.sddfiqa: unknown key\\(s\\) mm"):
         labels_settings(apply_overrides(params, ["labels.sddfiqa.mm=3"]))
-    with pytest.raises(ValueError, match="labels.crfiqa: missing key\\(s\\) variant"):
+    with pytest.raises(ValueError, match="labels.crfiqa: missing key\\(s\\) centre, variant"):
         labels_settings(apply_overrides(params, ["labels.crfiqa={}"]))

@@ -5,6 +5,12 @@ its class centre (CCS) relative to the cosine to the nearest other class centre 
 During CR-FIQA training the centres are the classification weights; offline we take them
 as the mean of L2-normalised embeddings per identity. The image's own centre leaves the
 image out, otherwise a class of two images would score each image largely against itself.
+
+A mean of k unit vectors points at the true centre only up to noise that shrinks with k, so
+the leave-one-out CCS grows with the number of the person's other images (Spearman 0.35
+with it on the validation people here), a property of the data set, not of the image.
+``centre="debiased"`` estimates the cosine to the true centre instead (see
+:func:`crfiqa_components`), closer to what CR-FIQA's learned class weights give.
 """
 
 from __future__ import annotations
@@ -15,21 +21,29 @@ import numpy as np
 
 from aikd.fiqa.sddfiqa import check_embeddings, group_identities, warn_singletons
 
-__all__ = ["CRFIQAVariant", "crfiqa_components", "crfiqa_labels"]
+__all__ = ["CRFIQACentre", "CRFIQAVariant", "crfiqa_components", "crfiqa_labels"]
 
 CRFIQAVariant = Literal["paper", "ratio"]
+CRFIQACentre = Literal["loo", "debiased"]
 _SIM_CHUNK_ENTRIES = 1 << 22
 
 
 def crfiqa_components(
-    embeddings: np.ndarray, identities: np.ndarray | list
+    embeddings: np.ndarray, identities: np.ndarray | list, *, centre: CRFIQACentre = "loo"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image (CCS, NNCCS); CCS is NaN for single-image identities.
 
-    CCS = cosine to the mean of the *other* normalised embeddings of its identity.
+    ``centre="loo"``: CCS = cosine to the mean of the *other* normalised embeddings of its
+    identity. ``centre="debiased"``: with unit embeddings e_j = a_j c + noise around a true
+    centre direction c, the mean cosine to the k other images estimates a_i * a and the
+    person's mean pairwise cosine r estimates a^2, so CCS = mean cosine / sqrt(r) estimates
+    a_i = cos(e_i, c) without the leave-one-out mean's dependence on k (r over all n >= 2
+    images of the person; NaN where r <= 0).
     NNCCS = largest cosine to any other identity's full centre (singleton identities are
     still classes, so their centre counts as a possible nearest neighbour of others).
     """
+    if centre not in ("loo", "debiased"):
+        raise ValueError(f"centre must be 'loo' or 'debiased', got {centre!r}")
     emb = check_embeddings(embeddings, identities)
     groups = group_identities(identities)
     if groups.n_groups < 2:
@@ -39,9 +53,18 @@ def crfiqa_components(
     np.add.at(sums, groups.codes, emb)
 
     own = sums[groups.codes] - emb  # leave-one-out sum; its direction is the centre's
-    own_norm = np.linalg.norm(own, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ccs = np.einsum("nd,nd->n", emb, own) / own_norm
+        dots = np.einsum("nd,nd->n", emb, own)
+        if centre == "loo":
+            ccs = dots / np.linalg.norm(own, axis=1)
+        else:
+            n = np.bincount(groups.codes, minlength=n_groups).astype(float)
+            sq = np.einsum("gd,gd->g", sums, sums)
+            norms2 = np.bincount(groups.codes, weights=np.einsum("nd,nd->n", emb, emb),
+                                 minlength=n_groups)
+            pair_mean = (sq - norms2) / (n * (n - 1))  # mean cosine over pairs i != j
+            r = pair_mean[groups.codes]
+            ccs = np.where(r > 0, dots / (n[groups.codes] - 1) / np.sqrt(np.abs(r)), np.nan)
     ccs[groups.singleton_mask()] = np.nan
 
     centres = sums / np.linalg.norm(sums, axis=1, keepdims=True)
@@ -59,6 +82,7 @@ def crfiqa_labels(
     identities: np.ndarray | list,
     *,
     variant: CRFIQAVariant = "paper",
+    centre: CRFIQACentre = "loo",
     eps: float = 1e-9,
 ) -> np.ndarray:
     """CR-FIQA label per image (higher = better).
@@ -67,11 +91,12 @@ def crfiqa_labels(
     [0, 2] so the ratio stays bounded and keeps its sign meaning.
     ``variant="ratio"``: CCS / NNCCS as in the official code; unbounded and sign-flipping
     when NNCCS <= 0 (rare with real face embeddings, possible with toy ones).
+    ``centre``: how CCS's class centre is estimated (:func:`crfiqa_components`).
     Singleton identities get NaN and a SingletonIdentityWarning.
     """
     if variant not in ("paper", "ratio"):
         raise ValueError(f"variant must be 'paper' or 'ratio', got {variant!r}")
-    ccs, nnccs = crfiqa_components(embeddings, identities)
+    ccs, nnccs = crfiqa_components(embeddings, identities, centre=centre)
     warn_singletons("CR-FIQA", group_identities(identities))
     with np.errstate(divide="ignore", invalid="ignore"):
         if variant == "paper":

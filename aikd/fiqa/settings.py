@@ -33,9 +33,11 @@ class SddfiqaSettings:
 
 @dataclass(frozen=True)
 class CrfiqaSettings:
-    """CR-FIQA's label ``variant`` (paper or ratio)."""
+    """CR-FIQA's label ``variant`` (paper or ratio) and how CCS's ``centre`` is estimated
+    (loo or debiased, :func:`aikd.fiqa.crfiqa.crfiqa_components`)."""
 
     variant: str
+    centre: str
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def _identity_labels(params: Mapping[str, Any], rows: pd.DataFrame, method: str,
                 q = sddfiqa_labels(emb, ids, m=int(cfg.sddfiqa.m), k=int(cfg.sddfiqa.k),
                                    seed=global_seed(params))
             else:
-                q = crfiqa_labels(emb, ids, variant=cfg.crfiqa.variant)
+                q = crfiqa_labels(emb, ids, variant=cfg.crfiqa.variant,
+                                  centre=cfg.crfiqa.centre)
         quality[np.asarray(idx)[have]] = q
     return quality, status
 

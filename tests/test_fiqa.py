@@ -161,7 +161,6 @@ def test_crfiqa_labels_both_variants() -> None:
         crfiqa_labels(emb, CR_IDS, variant="other")  # type: ignore[arg-type]
 
 
-
 def test_crfiqa_debiased_centre_hand_computed() -> None:
     """Mean cosine to the other images over sqrt(the person's mean pairwise cosine)."""
     emb = np.array([_unit(a) for a in CR_ANGLES]) * np.arange(1, 7)[:, None]
@@ -203,6 +202,7 @@ def test_crfiqa_debiased_centre_does_not_depend_on_image_count() -> None:
     gap = lambda s: (s - truth)[small].mean() - (s - truth)[~small].mean()  # noqa: E731
     assert abs(gap(debiased)) < 0.05
     assert gap(loo) < -0.1
+
 
 # -------------------------------------------------------------------------------- SER-FIQ
 

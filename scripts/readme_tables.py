@@ -82,6 +82,32 @@ def differences_table(diffs: pd.DataFrame, fmr: float, threshold: str,
     return sel.to_markdown(index=False, floatfmt=".3f")
 
 
+def win_counts_table(diffs: pd.DataFrame, fmr: float, threshold: str,
+                     training: str) -> str:
+    """How often T is the lower (better) pAUC in the misaligned cells, per FR network,
+    baseline (B, C) and method, from the seed means and from each seed: the README's
+    "T < B in k of n" sentences. ``beyond`` counts cells whose person-level interval of
+    the seed-mean difference excludes 0 (uncorrected), for each side."""
+    sel = diffs[(diffs["fmr"].sub(fmr).abs() < 1e-12) & (diffs["threshold"] == threshold)
+                & (diffs["detector"] != training)]
+    lines = ["| FR network | T vs | method | T lower (seed means) | T better beyond interval "
+             "| baseline better beyond interval | median T − baseline | range | T lower per seed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (net, base), group in sel.groupby(["fr_model", "baseline"], sort=False):
+        for method in [*sorted(group["method"].unique()), "all"]:
+            g = group if method == "all" else group[group["method"] == method]
+            means = seed_means(g)
+            per_seed = g[g["seed"].notna()] if "seed" in g.columns else g.iloc[:0]
+            seeds = ", ".join(f"s{int(s)}: {int((x['delta'] < 0).sum())}"
+                              for s, x in per_seed.groupby("seed"))
+            lines.append(
+                f"| {net} | {base} | {method} | {int((means['delta'] < 0).sum())} of "
+                f"{len(means)} | {int((means['delta_high'] < 0).sum())} | "
+                f"{int((means['delta_low'] > 0).sum())} | {means['delta'].median():+.3f} | "
+                f"{means['delta'].min():+.3f} to {means['delta'].max():+.3f} | {seeds or '—'} |")
+    return "\n".join(lines)
+
+
 def network_headline(results: dict[str, pd.DataFrame], fmr: float, threshold: str,
                      training: str, benchmarks: list[str]) -> str:
     """Mean primary pAUC over ``benchmarks`` per FR network, alignment (the training one,
@@ -137,6 +163,8 @@ def main() -> None:
         print("\n## Paired differences (misaligned cells, primary setting)\n")
         print(differences_table(diffs[diffs["fr_model"] == main_fr], fmr, threshold,
                                 training))
+        print("\n## Win counts (misaligned cells, primary setting; every FR network)\n")
+        print(win_counts_table(diffs, fmr, threshold, training))
     nets = {main_fr: results}
     for net in (params.get("cross_model") or {}).get("backbones", []):
         path = reports / f"results_long_{net}.csv"

@@ -47,7 +47,8 @@ from aikd.distill.config import DistillConfig
 from aikd.distill.data import load_rows
 from aikd.distill.fast import frozen_blocks
 from aikd.distill.model import build_models, to_channels_last
-from aikd.distill.prepare import effective_precision, prepare_run
+from aikd.distill.precision import choose_precision
+from aikd.distill.prepare import prepare_run
 from aikd.distill.teacher import teacher_embed_rows
 from aikd.distill.train import default_threads, train_distill
 from aikd.faces import to_float_input
@@ -308,8 +309,11 @@ def main() -> None:
     cache_ips = len(train) / (time.perf_counter() - t0)
     cache = dict(zip(train["path"], emb, strict=True))
 
-    # the default as it runs on this machine (precision auto: bf16 only with AMX)
-    new = effective_precision(DistillConfig().replace(**BENCH))
+    # the default as it runs on this machine (precision auto: the faster one, timed)
+    torch.set_num_threads(default_threads())  # as train_distill times it
+    choice = choose_precision(DistillConfig().replace(**BENCH))
+    torch.set_num_threads(1)
+    new = DistillConfig().replace(**BENCH, precision=choice.precision)
     previous = DistillConfig(**{**PREVIOUS, **BENCH})
     load_start = os.getloadavg()
     result: dict[str, Any] = {
@@ -321,6 +325,7 @@ def main() -> None:
         "new_default": {**{k: getattr(new, k) for k in (*PREVIOUS, "precision", "fuse_frozen")},
                         "torch_threads": new.torch_threads or default_threads()},
         "cpu_amx": bool(torch.cpu._is_amx_tile_supported()),
+        "precision_choice": choice.to_dict(),
         "teacher_cache_build_images_per_s": round(cache_ips, 1),
     }
 

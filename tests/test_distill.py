@@ -60,6 +60,7 @@ TINY = dict(
     trainable="last_n_stages:1", train_subset=None, epochs=1.0, batch_size=6, num_workers=0,
     warmup_steps=1, checkpoint_every=2, swa_start=0.5, val_every=0, progress=False,
     check_images=True, head_init="probe", lr=3e-4, swa_lr=3e-4,  # the params.yaml recipe
+    precision="fp32",  # auto times both precisions, which could differ between two runs
 )
 
 
@@ -491,6 +492,30 @@ def test_resume_reproduces_uninterrupted_run(tiny_run, train_with_bad, val_rows,
     relabelled = train_with_bad.assign(quality=train_with_bad["quality"][::-1].to_numpy())
     with pytest.raises(ValueError, match=r"config changed \(data:"):
         train_distill(DistillConfig(**TINY), relabelled, val_rows, out, resume=True)
+
+
+def test_resume_keeps_the_precision_the_run_started_with(train_rows, val_rows, tmp_path,
+                                                        monkeypatch):
+    """``auto`` times both precisions at start-up and the second start may time them the
+    other way round; the resumed run continues in the precision it started with (its
+    config check would refuse the other), and metrics.json says which and why."""
+    import aikd.distill.prepare as prepare
+    from aikd.distill.precision import PrecisionChoice
+
+    picks = iter(["fp32", "bf16"])
+    monkeypatch.setattr(prepare, "choose_precision",
+                        lambda cfg: PrecisionChoice(next(picks), "timed (test)", 2.0, 1.5))
+    cfg = DistillConfig(**{**TINY, "precision": "auto", "check_images": False})
+    out = tmp_path / "run"
+    assert not train_distill(cfg, train_rows, val_rows, out, stop_after=2).completed
+    second = train_distill(cfg, train_rows, val_rows, out, resume=True)
+    assert second.completed and second.config["precision"] == "fp32"
+    written = json.loads((out / "metrics.json").read_text())["config"]
+    assert written["precision"] == "fp32"
+    assert written["precision_choice"] == {"precision": "fp32", "reason": "timed (test)",
+                                           "fp32_s": 2.0, "bf16_s": 1.5,
+                                           "bf16_speedup": pytest.approx(4 / 3)}
+    assert next(picks) == "bf16"  # the resume did not choose again
 
 
 def test_module_entry_point_reports_an_unknown_run(tmp_path):

@@ -29,7 +29,13 @@ from aikd.distill.fast import (
     frozen_blocks,
 )
 from aikd.distill.model import build_models, load_quality_model, to_channels_last
-from aikd.distill.prepare import cpu_has_bf16, effective_precision
+from aikd.distill.precision import (
+    BF16_MIN_SPEEDUP,
+    choose_precision,
+    cpu_has_bf16,
+    effective_precision,
+    time_student_step,
+)
 from aikd.distill.train import default_threads, train_distill
 from aikd.models import fused as fused_mod
 from aikd.models.dlib_resnet import Affine2d
@@ -170,23 +176,50 @@ def test_bf16_falls_back_to_fp32_only_on_a_cpu_without_bf16() -> None:
     assert {**fell.to_dict(), "precision": "bf16"} == cfg.to_dict()
 
 
-def test_auto_precision_is_bf16_only_where_bf16_is_the_faster_path() -> None:
-    """auto: bf16 on a GPU or an AMX CPU; fp32 on a CPU with AVX-512 BF16 alone (bf16 is
-    slower there) or without bf16 kernels; explicit settings are left as they are."""
+def _timer(fp32_s: float, bf16_s: float, calls: list[str] | None = None):
+    def timer(cfg: DistillConfig, precision: str) -> float:
+        if calls is not None:
+            calls.append(precision)
+        return {"fp32": fp32_s, "bf16": bf16_s}[precision]
+    return timer
+
+
+def test_auto_precision_is_bf16_only_where_the_timed_step_is_clearly_faster() -> None:
+    """auto: bf16 on a GPU; on a CPU with bf16 kernels bf16 only when its timed step beats
+    fp32 by the margin (AMX 2.6x, the EPYC 1.5x: bf16; the Xeon without AMX 0.9x or a
+    near tie: fp32); fp32 without bf16 kernels, and no timing where nothing is to choose."""
     auto = DistillConfig(precision="auto")
     assert DistillConfig().precision == "auto"
-    cases = [(dict(has_bf16=True, has_amx=True, cuda=False), "bf16"),
-             (dict(has_bf16=True, has_amx=False, cuda=False), "fp32"),
-             (dict(has_bf16=False, has_amx=False, cuda=False), "fp32"),
-             (dict(has_bf16=False, has_amx=False, cuda=True), "bf16")]
-    for flags, want in cases:
-        assert effective_precision(auto, **flags).precision == want, flags
-    fp32 = DistillConfig(precision="fp32")
-    assert effective_precision(fp32, has_bf16=True, has_amx=True, cuda=True).precision == "fp32"
-    bf16 = DistillConfig(precision="bf16")
-    assert effective_precision(bf16, has_bf16=True, has_amx=False, cuda=False).precision == "bf16"
+    for fp32_s, bf16_s, want in ((2.6, 1.0, "bf16"), (1.5, 1.0, "bf16"), (0.9, 1.0, "fp32"),
+                                 (1.1, 1.0, "fp32"), (BF16_MIN_SPEEDUP, 1.0, "bf16")):
+        choice = choose_precision(auto, has_bf16=True, cuda=False,
+                                  timer=_timer(fp32_s, bf16_s))
+        assert choice.precision == want, (fp32_s, bf16_s)
+        assert choice.bf16_speedup == pytest.approx(fp32_s / bf16_s)
+    calls: list[str] = []
+    assert choose_precision(auto, has_bf16=False, cuda=False,
+                            timer=_timer(3, 1, calls)).precision == "fp32"
+    assert choose_precision(auto, has_bf16=True, cuda=True,
+                            timer=_timer(1, 3, calls)).precision == "bf16"
+    fp32, bf16 = DistillConfig(precision="fp32"), DistillConfig(precision="bf16")
+    assert choose_precision(fp32, has_bf16=True, cuda=True, timer=_timer(3, 1, calls)
+                            ).precision == "fp32"
+    assert choose_precision(bf16, has_bf16=True, cuda=False, timer=_timer(1, 3, calls)
+                            ).precision == "bf16"
+    assert calls == []
     with pytest.raises(ValueError, match="precision"):
         DistillConfig(precision="fp16")
+
+
+@needs_bf16
+def test_the_precision_probe_times_a_real_step_without_touching_random_state() -> None:
+    """The probe builds its own student: the global generator (which seeds the run's
+    weights and batches) is where it was, and both precisions give a positive time."""
+    cfg = DistillConfig(batch_size=2)
+    before = torch.random.get_rng_state()
+    times = {p: time_student_step(cfg, p, warmup=1, steps=1) for p in ("fp32", "bf16")}
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(0 < t < 60 for t in times.values()), times
 
 
 def test_default_threads_share_the_cores_among_launched_processes(monkeypatch) -> None:

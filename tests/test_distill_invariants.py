@@ -34,7 +34,7 @@ from aikd.transforms import jitter_landmarks, jitter_pipeline
 TINY = dict(
     trainable="last_n_stages:1", train_subset=None, epochs=1.0, batch_size=6, num_workers=0,
     warmup_steps=1, checkpoint_every=0, swa_start=0.5, val_every=0, progress=False,
-    check_images=False, w=0.5, max_shift=0.1,
+    check_images=False, w=0.5, max_shift=0.1, precision="fp32",
 )
 
 

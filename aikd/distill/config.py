@@ -84,10 +84,10 @@ class DistillConfig:
     seed: int = 0
     channels_last: bool = True
     #: Forward passes under bf16 autocast (fp32 weights, optimizer and loss) or in fp32.
-    #: "auto": bf16 on a GPU or a CPU with AMX tiles (oneDNN's AMX convolutions, 2.6x the
-    #: fp32 step), fp32 on any other CPU (AVX-512 BF16 alone is 10 % slower than fp32:
-    #: benchmarks/results/train_step_avx512bf16.json). "bf16" on a CPU without bf16
-    #: kernels falls back to fp32 (aikd.distill.prepare.effective_precision).
+    #: "auto": bf16 on a GPU; on a CPU with bf16 kernels, whichever is faster there, as
+    #: timed on one student step at start-up (bf16 is 2.6x fp32 with AMX, 1.5x on an AMD
+    #: EPYC without AMX, 0.9x on an Intel Xeon without AMX: aikd.distill.precision). "bf16"
+    #: on a CPU without bf16 kernels falls back to fp32.
     precision: Precision = "auto"
     #: Run the student's frozen stem and leading blocks as a folded inference copy
     #: (aikd.distill.fast.FrozenPrefix): the same function, ~3.7x faster in bf16.

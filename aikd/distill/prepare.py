@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import SWALR, AveragedModel, get_swa_multi_avg_fn
@@ -46,6 +46,7 @@ from aikd.distill.fast import fold_frozen_prefix, follow_input_dtype
 from aikd.distill.head_init import initialise_head
 from aikd.distill.loss import AIKDLoss
 from aikd.distill.model import build_models, state_digest, to_channels_last
+from aikd.distill.precision import PrecisionChoice, choose_precision, keep_choice, kept_choice
 from aikd.distill.teacher import read_teacher_cache, teacher_embed_rows
 from aikd.landmarks.base import POINT_COLUMNS
 
@@ -110,6 +111,8 @@ class TrainingRun:
     timings: dict[str, float]
     #: the head before fine-tuning (aikd.distill.head_init.initialise_head), into metrics
     head_init: dict[str, float] = field(default_factory=dict)
+    #: the precision it trains in and why (aikd.distill.precision), into metrics.json
+    precision: PrecisionChoice | None = None
 
     @property
     def main(self) -> bool:
@@ -128,43 +131,6 @@ class TrainingRun:
                               enabled=self.cfg.precision == "bf16")
 
 
-def cpu_has_bf16() -> bool:
-    """oneDNN has bf16 convolution kernels on this CPU (AVX-512 BF16 / AMX, AVX-NE-CONVERT);
-    on an AVX2-only CPU its fused bf16 convolutions refuse to run."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def cpu_has_amx() -> bool:
-    """This CPU has AMX tiles, where bf16 convolutions beat fp32 (not so with AVX-512 BF16
-    alone: benchmarks/results/train_step_avx512bf16.json)."""
-    return bool(torch.cpu._is_amx_tile_supported())
-
-
-def effective_precision(cfg: DistillConfig, *, has_bf16: bool | None = None,
-                        has_amx: bool | None = None, cuda: bool | None = None) -> DistillConfig:
-    """``cfg`` with the precision it runs in here (``metrics.json``'s ``config.precision``
-    records it). ``auto``: bf16 on a GPU or an AMX CPU, else fp32. ``bf16`` on a CPU
-    without bf16 kernels becomes fp32, with a warning. On a GPU bf16 stays."""
-    if cuda is None:
-        cuda = torch.cuda.is_available()
-    if cfg.precision == "fp32" or (cfg.precision == "bf16" and cuda):
-        return cfg
-    if has_bf16 is None:
-        has_bf16 = cpu_has_bf16()
-    if cfg.precision == "auto":
-        if has_amx is None:
-            has_amx = cpu_has_amx()
-        chosen = "bf16" if cuda or (has_amx and has_bf16) else "fp32"
-        log.info("distill: precision auto -> %s (%s)", chosen,
-                 "GPU" if cuda else f"CPU {'with' if has_amx else 'without'} AMX")
-        return dataclasses.replace(cfg, precision=chosen)
-    if has_bf16:
-        return cfg
-    log.warning("distill: this CPU has no bf16 kernels (oneDNN); training in fp32 instead of "
-                "precision: bf16")
-    return dataclasses.replace(cfg, precision="fp32")
-
-
 def prepare_run(
     cfg: DistillConfig,
     train_rows: pd.DataFrame,
@@ -179,7 +145,6 @@ def prepare_run(
     on_validation: OnValidation | None,
 ) -> TrainingRun:
     """Check the data, build models and optimizer, and resume from a checkpoint if asked."""
-    cfg = effective_precision(cfg)
     t_start = time.perf_counter()
     timings = dict.fromkeys(("setup_s", "train_s", "train_cpu_s", "validation_s",
                              "checkpoint_s", "final_validation_s"), 0.0)
@@ -190,6 +155,8 @@ def prepare_run(
     ckpt_dir = out / "checkpoints"
     accelerator = _start(cfg, out, ckpt_dir, resume)
     main = accelerator.is_main_process
+    precision = _precision(cfg, accelerator, ckpt_dir, resume)
+    cfg = dataclasses.replace(cfg, precision=precision.precision)
 
     train = subset_rows(train_all, cfg.train_subset, cfg.seed)
     teacher, student = build_models(cfg.backbone, cfg.backbone_weights, cfg.trainable, cfg.seed,
@@ -252,6 +219,7 @@ def prepare_run(
         dataset, _loader(cfg, accelerator, dataset, plan, state.step), plan, teacher, student,
         teacher_digest, need_teacher, loss_fn, optimizer, warm_sched, swa_sched, swa_model,
         trainable, state, stop_after, on_validation, t_start, timings, head_init,
+        precision,
     )
 
 
@@ -275,7 +243,7 @@ def _start(cfg: DistillConfig, out: Path, ckpt_dir: Path, resume: bool) -> Accel
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=not cuda,
-        mixed_precision="bf16" if cuda and cfg.precision == "bf16" else "no",
+        mixed_precision="bf16" if cuda and cfg.precision != "fp32" else "no",
         gradient_accumulation_steps=cfg.grad_accum,
     )
     if accelerator.is_main_process:
@@ -287,6 +255,24 @@ def _start(cfg: DistillConfig, out: Path, ckpt_dir: Path, resume: bool) -> Accel
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     return accelerator
+
+
+def _precision(cfg: DistillConfig, accelerator: Accelerator, ckpt_dir: Path,
+               resume: bool) -> PrecisionChoice:
+    """The precision of this run: on a resume with ``auto`` the one it started with (a
+    timed choice could differ the second time), else :func:`choose_precision` on the main
+    process, shared with the others so that every process computes alike."""
+    main = accelerator.is_main_process
+    kept = kept_choice(ckpt_dir) if resume and cfg.precision == "auto" else None
+    choice = kept or (choose_precision(cfg) if main else None)
+    if accelerator.num_processes > 1:
+        box = [choice.to_dict() if choice is not None else None]
+        broadcast_object_list(box, from_process=0)
+        choice = PrecisionChoice.from_dict(box[0])
+    assert choice is not None
+    if main:
+        keep_choice(ckpt_dir, choice)
+    return choice
 
 
 def _optimizer(cfg: DistillConfig, student: nn.Module) -> tuple[torch.optim.SGD, SWALR, LambdaLR]:

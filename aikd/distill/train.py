@@ -322,7 +322,8 @@ def _publish(run: TrainingRun, progress: _Progress, metrics: dict[str, float],
     summary = {"metrics": metrics, "steps": steps, "train_images": n_images,
                "skipped": len(skipped), "swa_averaged": n_averaged,
                "median_images_per_s": float(history["images_per_s"].median()),
-               "config": {"precision": run.cfg.precision},
+               "config": {"precision": run.cfg.precision,
+                          "precision_choice": run.precision.to_dict() if run.precision else None},
                "seconds": time.perf_counter() - run.t_start,
                "timings": {k: round(v, 2) for k, v in run.timings.items()}}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

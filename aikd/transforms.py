@@ -75,6 +75,13 @@ def jitter_pipeline(max_shift: float, units: JitterUnits = "px", seed: int | Non
     )
 
 
+def flip_pipeline(p: float) -> A.Compose:
+    """A mirror flip of an aligned face with probability ``p`` (seed it per sample with
+    ``set_random_seed``): the template is left-right symmetric, so a flipped aligned face
+    is an aligned face of the mirrored photo."""
+    return A.Compose([A.HorizontalFlip(p=p)], seed=0)
+
+
 def jitter_landmarks(pipeline: A.Compose, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """Apply a jitter pipeline to (5,2) landmarks of `image`; returns a new array.
 

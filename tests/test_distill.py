@@ -191,6 +191,29 @@ def test_jitter_changes_student_input_only(train_rows):
     assert np.abs(shift).max() <= 0.1 * iod + 1e-9 and np.abs(shift).max() > 0
 
 
+def test_hflip_mirrors_the_student_face_only_and_is_drawn_per_sample(train_rows):
+    """hflip: x̂ is x mirrored or x itself (max_shift 0), the teacher's x never; the draw
+    depends on (seed, epoch, index) only and is independent of the jitter's."""
+    ds = DistillDataset(train_rows, template="dlib150", max_shift=0.0, seed=3, hflip=0.5)
+    plain = DistillDataset(train_rows, template="dlib150", max_shift=0.0, seed=3)
+    flipped = []
+    for epoch in range(6):
+        for index in range(len(ds)):
+            item, ref = ds[(epoch, index)], plain[(epoch, index)]
+            assert torch.equal(item["x"], ref["x"])
+            mirrored = torch.equal(item["x_hat"], ref["x"].flip(1))
+            assert mirrored or torch.equal(item["x_hat"], ref["x"])
+            assert torch.equal(ds[(epoch, index)]["x_hat"], item["x_hat"])  # same draw again
+            flipped.append(mirrored)
+    assert 0.3 < np.mean(flipped) < 0.7, np.mean(flipped)
+    with pytest.raises(ValueError, match="hflip"):
+        DistillDataset(train_rows, template="dlib150", max_shift=0.0, hflip=1.5)
+    # with jitter, the flip does not move the jitter's offsets
+    jit = DistillDataset(train_rows, template="dlib150", max_shift=0.1, seed=3, hflip=1.0)
+    ref = DistillDataset(train_rows, template="dlib150", max_shift=0.1, seed=3)
+    assert torch.equal(jit[(2, 1)]["x_hat"], ref[(2, 1)]["x_hat"].flip(1))
+
+
 def test_max_shift_zero_gives_identical_input(train_rows):
     ds = DistillDataset(train_rows, template="dlib150", max_shift=0.0, seed=3)
     for key in [(0, 0), (4, 5)]:

@@ -40,6 +40,9 @@ class DistillConfig:
     #: Landmark jitter U[-max_shift, max_shift] per coordinate; 0 disables misalignment.
     max_shift: float = 0.1
     jitter_units: Literal["px", "iod"] = "iod"
+    #: Probability that the student's training face is mirrored (data augmentation for
+    #: every variant; the teacher's target stays that of the unflipped aligned face).
+    hflip: float = 0.0
     #: Jitter of the validation faces; fixed apart from max_shift so that the baseline
     #: (max_shift 0) and AI-KD models are validated under the same misalignment.
     val_max_shift: float = 0.1
@@ -121,6 +124,8 @@ class DistillConfig:
             raise ValueError(
                 f"max_shift/val_max_shift must be >= 0, got {self.max_shift}/{self.val_max_shift}"
             )
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"hflip must be a probability in [0, 1], got {self.hflip}")
         if self.jitter_units not in ("px", "iod"):
             raise ValueError(f"jitter_units must be 'px' or 'iod', got {self.jitter_units!r}")
         if not 0.0 <= self.w <= 1.0:

@@ -31,7 +31,7 @@ from aikd.align import align_to_template
 from aikd.data.images import ImageReadError, read_rgb
 from aikd.faces import landmarks_array, row_files
 from aikd.landmarks.base import POINT_COLUMNS
-from aikd.transforms import jitter_landmarks, jitter_pipeline
+from aikd.transforms import flip_pipeline, jitter_landmarks, jitter_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +253,11 @@ class LabelNorm:
 # --------------------------------------------------------------------------- dataset
 
 
-def jitter_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed that depends only on (seed, epoch, sample index)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
+def jitter_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
+    """A 32-bit seed that depends only on (seed, epoch, sample index); ``stream`` > 0 gives
+    an independent one for another random choice of the same sample (the flip)."""
+    key = [int(seed), int(epoch), int(index)] + ([int(stream)] if stream else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def _hwc(face: np.ndarray) -> torch.Tensor:
@@ -269,7 +271,9 @@ class DistillDataset(Dataset):
 
     ``teacher_embeddings`` (N, d), when given, is returned as ``e`` instead of computing
     it from x; then x itself is not built unless ``with_x``. With ``max_shift == 0`` x̂ is
-    x exactly (the jitter pipeline is skipped, not run with a zero range).
+    x exactly (the jitter pipeline is skipped, not run with a zero range). ``hflip``: the
+    probability that x̂ (only x̂: the teacher's target stays that of x) is mirrored, drawn
+    per (seed, epoch, index) like the jitter.
     """
 
     def __init__(
@@ -283,6 +287,7 @@ class DistillDataset(Dataset):
         targets: np.ndarray | None = None,
         teacher_embeddings: np.ndarray | None = None,
         with_x: bool = True,
+        hflip: float = 0.0,
     ) -> None:
         self.files = row_files(rows)
         self.landmarks = landmarks_array(rows)
@@ -302,6 +307,9 @@ class DistillDataset(Dataset):
             raise ValueError(f"teacher_embeddings has {self.teacher.shape[0]} rows, expected {n}")
         self.with_x = with_x or teacher_embeddings is None
         self._pipeline = jitter_pipeline(self.max_shift, units, seed=0) if max_shift > 0 else None
+        if not 0.0 <= hflip <= 1.0:
+            raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
+        self._flip = flip_pipeline(hflip) if hflip > 0 else None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -331,6 +339,9 @@ class DistillDataset(Dataset):
             x_hat, _ = align_to_template(
                 image, self.jittered_landmarks(image, epoch, index), self.template
             )
+        if self._flip is not None:
+            self._flip.set_random_seed(jitter_seed(self.seed, epoch, index, stream=1))
+            x_hat = self._flip(image=x_hat)["image"]
         item["x_hat"] = _hwc(x_hat)
         if self.with_x:
             item["x"] = _hwc(x)

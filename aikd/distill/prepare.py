@@ -188,7 +188,7 @@ def prepare_run(
     dataset = DistillDataset(
         train, template=template, max_shift=cfg.max_shift, units=cfg.jitter_units,
         seed=cfg.seed, targets=targets, teacher_embeddings=train_e,
-        with_x=train_e is None and need_teacher,
+        with_x=train_e is None and need_teacher, hflip=cfg.hflip,
     )
     plan = StepPlan.of(cfg, len(dataset), accelerator.num_processes)
 
